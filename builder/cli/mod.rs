@@ -1,0 +1,252 @@
+//! Command line: argument structs only; each verb calls one library
+//! function. Machine output (`--json`) goes to stdout, the rest to stderr.
+
+mod commands;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Bake ready-to-boot root filesystems for a Raspberry Pi ClusterHAT
+/// cluster, offline.
+#[derive(Debug, Parser)]
+#[command(name = "chbuild", version, max_term_width = 80)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Verb,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Cluster profile (TOML)
+    #[arg(
+        long,
+        short = 'p',
+        global = true,
+        env = "CHBUILD_PROFILE",
+        default_value = "profiles/clusterhat.toml"
+    )]
+    pub profile: PathBuf,
+    /// Secrets directory (default: the profile's, `secrets/<cluster>`)
+    #[arg(long, global = true, env = "CHBUILD_SECRETS")]
+    pub secrets: Option<PathBuf>,
+    /// Base store directory (default: ~/.cache/chbuild/store)
+    #[arg(long, global = true, env = "CHBUILD_STORE")]
+    pub store: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Only print errors
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more detail (repeat for debug output)
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Validate the profile and print the plan of every node
+    Check,
+    /// Print every resolved variable of one node
+    Show {
+        /// Node name
+        node: String,
+    },
+    /// Manage the cluster's secrets
+    #[command(subcommand)]
+    Secrets(SecretsVerb),
+    /// Build node trees and tarballs (z1..z4, z1,z3, @group, all)
+    Image(ImageArgs),
+    /// Build an SD card image of an SD-booted node, or write it to a card
+    Sd(SdArgs),
+    /// Install Zero trees into ClusterCTRL's NFS directories (on the
+    /// controller)
+    Deploy(DeployArgs),
+    /// Swap a deployed Zero back to its previous tree
+    Rollback(RollbackArgs),
+    /// Show and prune the base store
+    #[command(subcommand)]
+    Store(StoreVerb),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsVerb {
+    /// Create the munge key, k3s token, SSH host keys, admin key and
+    /// password hash that do not exist yet
+    Init {
+        /// Replace existing secrets
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreVerb {
+    /// List stored bases
+    List,
+    /// Remove stored bases no profile given here uses
+    Gc {
+        /// Remove every entry, not only unused ones
+        #[arg(long)]
+        all: bool,
+    },
+    /// Ingest the profile's base now (done by `image` when needed)
+    Ingest,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// Nodes to build (default: all)
+    #[arg(default_value = "all")]
+    pub nodes: Vec<String>,
+    /// Output directory (default: images/out/<cluster>)
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Artifact format
+    #[arg(long, value_enum, default_value_t = Format::TarZst)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Only the node tree directory
+    Dir,
+    /// The tree and a deterministic <node>.tar.zst
+    TarZst,
+}
+
+#[derive(Debug, Args)]
+pub struct SdArgs {
+    /// The SD-booted node
+    pub node: String,
+    /// Write the image file here (default: <output>/<node>.img)
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Write the image to this whole block device (for example /dev/sdX)
+    #[arg(long)]
+    pub dev: Option<PathBuf>,
+    /// Disk layout (TOML, default: images/sd-mbr.toml)
+    #[arg(long)]
+    pub layout: Option<PathBuf>,
+    /// Also write a compressed copy of the image
+    #[arg(long, value_enum)]
+    pub compress: Option<Compress>,
+    /// Do not ask for confirmation before writing a device
+    #[arg(long)]
+    pub yes: bool,
+    /// Allow writing a non-removable device
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compress {
+    Zst,
+    Xz,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Zero nodes to deploy (default: every usbboot node)
+    pub nodes: Vec<String>,
+    /// Deploy under this prefix instead of /
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// Deploy a bundle built elsewhere (the output directory of `image`)
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// Show what would happen, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// List the files that would change against the deployed tree
+    #[arg(long)]
+    pub diff: bool,
+    /// Deploy even when the same build is already in place
+    #[arg(long)]
+    pub force: bool,
+    /// Remove the pN directories instead
+    #[arg(long)]
+    pub uninstall: bool,
+    /// Do not switch node power (for unused slots)
+    #[arg(long)]
+    pub no_power: bool,
+    /// Leave the node powered off after deploying
+    #[arg(long)]
+    pub no_power_on: bool,
+    /// Wait this many seconds for SSH on the node after power-on
+    #[arg(long)]
+    pub wait_for_ssh: Option<u64>,
+    /// Do not ask before disturbing running Zeros
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Zero nodes to roll back
+    #[arg(required = true)]
+    pub nodes: Vec<String>,
+    /// Deployed under this prefix instead of /
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// Do not switch node power
+    #[arg(long)]
+    pub no_power: bool,
+    /// Do not ask before disturbing running Zeros
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// Errors that are the user's input (bad usage, bad profile): exit 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Parse arguments, run, and map the outcome to an exit code:
+/// 0 ok, 1 failure, 2 bad usage or bad profile.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    crate::progress::init_logging(cli.global.quiet, cli.global.verbose);
+    match commands::dispatch(&cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let usage = e.chain().any(|c| {
+                c.downcast_ref::<UsageError>().is_some()
+                    || c.downcast_ref::<crate::profile::ProfileError>().is_some()
+            });
+            if usage {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,14 @@
+//! chbuild: bake ready-to-boot root filesystems for a Raspberry Pi
+//! ClusterHAT cluster, offline.
+//!
+//! Data flows one way: profile -> store -> tree -> artifact -> target.
+
+pub mod artifact;
+pub mod cli;
+pub mod deploy;
+pub mod pipeline;
+pub mod profile;
+pub mod progress;
+pub mod secrets;
+pub mod store;
+pub mod tools;

@@ -1,0 +1,318 @@
+//! Per-node plan: every resolved variable of one node. `chbuild show`
+//! prints it, overlay templates render with it, roles read it. The build
+//! runs exactly this plan, so `chbuild check` is a free dry run.
+
+use super::model::{Arch, Model};
+use super::{NodeKind, Profile};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostEntry {
+    pub address: Ipv4Addr,
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserPlan {
+    pub name: String,
+    pub uid: u32,
+    pub sudo: bool,
+    pub ssh_key_only: bool,
+    pub permit_root_login: bool,
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ControllerPlan {
+    pub hostname: String,
+    pub aliases: Vec<String>,
+    pub lan_address: Ipv4Addr,
+    pub zero_address: Ipv4Addr,
+    pub nfs_address: Ipv4Addr,
+}
+
+/// ClusterCTRL USB boot settings of a Zero (see docs: `ip=` must keep the
+/// exact `:pN:usb0.10:static` form, the initramfs parses it).
+#[derive(Debug, Clone, Serialize)]
+pub struct UsbbootPlan {
+    pub slot: u8,
+    /// `pN`, ClusterCTRL's name of the slot.
+    pub pname: String,
+    /// `/var/lib/clusterctrl/nfs/pN` on the controller.
+    pub nfs_dir: String,
+    /// Address on the NFS VLAN (172.19.180.N).
+    pub nfs_address: Ipv4Addr,
+    pub cmdline_nfsroot: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlurmNode {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub cpus: u32,
+    pub memory_mb: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodePlan {
+    pub cluster: String,
+    pub name: String,
+    pub hostname: String,
+    pub kind: NodeKind,
+    pub model: Model,
+    pub architecture: Arch,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub address: Ipv4Addr,
+    pub netmask_bits: u8,
+    pub groups: Vec<String>,
+    pub boot_dir: String,
+    pub timezone: String,
+    pub user: UserPlan,
+    pub controller: ControllerPlan,
+    pub usbboot: Option<UsbbootPlan>,
+    pub hosts: Vec<HostEntry>,
+    pub munge: bool,
+    /// Slurm compute node (the controller runs slurmctld).
+    pub slurm: bool,
+    pub slurm_nodes: Vec<SlurmNode>,
+    pub slurm_zero_nodes: Vec<String>,
+    pub slurm_pi_nodes: Vec<String>,
+    pub docker: bool,
+    /// `server`, `agent`, or none.
+    pub k3s_role: Option<String>,
+    pub k3s_server_url: Option<String>,
+    pub k3s_airgap: bool,
+    /// `server`, `client`, or none.
+    pub nfs_role: Option<String>,
+    pub nfs_server_address: Option<Ipv4Addr>,
+    pub nfs_export_path: String,
+    pub nfs_mount_point: String,
+    pub nfs_export_networks: Vec<String>,
+    /// LAN nodes reach the Zeros through the controller.
+    pub zero_route: Option<RoutePlan>,
+    pub packages: Vec<String>,
+    pub overlays: Vec<String>,
+    pub vars: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutePlan {
+    pub network: String,
+    pub via: Ipv4Addr,
+}
+
+impl NodePlan {
+    pub fn new(p: &Profile, node: &super::Node) -> NodePlan {
+        let f = &p.features;
+        let in_group = |g: &str| node.groups.contains(g);
+        let is_zero = node.kind == NodeKind::Usbboot;
+        let docker = f.docker
+            && node.docker_override != Some(false)
+            && if is_zero {
+                f.docker_on_zeros
+            } else {
+                in_group("containers")
+            };
+        let k3s_role = if !f.k3s {
+            None
+        } else if f.k3s_server.as_deref() == Some(node.name.as_str()) {
+            Some("server".to_string())
+        } else if in_group("containers") {
+            Some("agent".to_string())
+        } else {
+            None
+        };
+        let k3s_server_url = f.k3s_server.as_ref().and_then(|s| {
+            p.node(s)
+                .filter(|_| k3s_role.is_some())
+                .map(|n| format!("https://{}:6443", n.address))
+        });
+        let nfs_role = match &f.nfs_server {
+            Some(s) if s == &node.name => Some("server".to_string()),
+            Some(_) => Some("client".to_string()),
+            None => None,
+        };
+        let nfs_server_address = f
+            .nfs_server
+            .as_ref()
+            .and_then(|s| p.node(s))
+            .map(|n| n.address);
+        let slurm_compute = |n: &super::Node| {
+            // Zeros are the compute partition; LAN Pis join only on request.
+            f.slurm
+                && (n.groups.contains("slurm") || n.groups.contains("zerocluster"))
+                && (n.kind == NodeKind::Usbboot || f.slurm_include_picluster)
+        };
+        let slurm_nodes: Vec<SlurmNode> = p
+            .nodes
+            .iter()
+            .filter(|n| slurm_compute(n))
+            .map(|n| SlurmNode {
+                name: n.hostname.clone(),
+                address: n.address,
+                cpus: n.cpus,
+                memory_mb: n.memory_mb,
+            })
+            .collect();
+        let names_where = |pred: &dyn Fn(&super::Node) -> bool| -> Vec<String> {
+            p.nodes
+                .iter()
+                .filter(|n| slurm_compute(n) && pred(n))
+                .map(|n| n.hostname.clone())
+                .collect()
+        };
+        let slurm_zero_nodes = names_where(&|n| n.kind == NodeKind::Usbboot);
+        let slurm_pi_nodes = names_where(&|n| n.kind == NodeKind::Sd);
+        let slurm = slurm_compute(node);
+        let munge = slurm || in_group("munge");
+
+        let mut hosts = vec![HostEntry {
+            address: if is_zero {
+                p.controller.zero_address
+            } else {
+                p.controller.lan_address
+            },
+            names: std::iter::once(p.controller.hostname.clone())
+                .chain(p.controller.aliases.iter().cloned())
+                .collect(),
+        }];
+        for n in &p.nodes {
+            let mut names = vec![n.hostname.clone()];
+            if n.name != n.hostname {
+                names.push(n.name.clone());
+            }
+            hosts.push(HostEntry {
+                address: n.address,
+                names,
+            });
+        }
+        if let Some(d) = &p.domain {
+            for h in &mut hosts {
+                let fq = format!("{}.{d}", h.names[0]);
+                h.names.insert(0, fq);
+            }
+        }
+
+        let mut packages: Vec<String> = Vec::new();
+        let mut add = |list: &[String]| {
+            for pk in list {
+                if !packages.contains(pk) {
+                    packages.push(pk.clone());
+                }
+            }
+        };
+        add(&p.packages_base);
+        for (g, list) in &p.packages_extra {
+            if in_group(g) {
+                add(list);
+            }
+        }
+        add(&node.extra_packages);
+
+        let usbboot = node.slot.map(|n| {
+            let nfs_address = Ipv4Addr::from(u32::from(p.nfs_network.network()) + n as u32);
+            UsbbootPlan {
+                slot: n,
+                pname: format!("p{n}"),
+                nfs_dir: format!("/var/lib/clusterctrl/nfs/p{n}"),
+                nfs_address,
+                cmdline_nfsroot: format!(
+                    "nfsroot={ctl}:/var/lib/clusterctrl/nfs/p{n} rw ip={nfs_address}:{ctl}::{mask}:p{n}:usb0.10:static",
+                    ctl = p.controller.nfs_address,
+                    mask = p.nfs_network.netmask(),
+                ),
+            }
+        });
+
+        let mut overlays = vec!["common".to_string()];
+        overlays.push(format!(
+            "kind/{}",
+            match node.kind {
+                NodeKind::Usbboot => "usbboot",
+                NodeKind::Sd => "sd",
+            }
+        ));
+        for g in &node.groups {
+            overlays.push(format!("group/{g}"));
+        }
+        let mut feat = |on: bool, name: &str| {
+            if on {
+                overlays.push(format!("feature/{name}"));
+            }
+        };
+        feat(munge, "munge");
+        feat(slurm, "slurm");
+        feat(docker, "docker");
+        feat(k3s_role.is_some(), "k3s");
+        feat(nfs_role.as_deref() == Some("server"), "nfs-server");
+        feat(nfs_role.as_deref() == Some("client"), "nfs-client");
+        overlays.push(format!("host/{}", node.name));
+
+        NodePlan {
+            cluster: p.name.clone(),
+            name: node.name.clone(),
+            hostname: node.hostname.clone(),
+            kind: node.kind,
+            model: node.model,
+            architecture: p.base.architecture,
+            cpus: node.cpus,
+            memory_mb: node.memory_mb,
+            address: node.address,
+            netmask_bits: if is_zero {
+                p.zero_network.prefix_len()
+            } else {
+                p.lan_network.prefix_len()
+            },
+            groups: node.groups.iter().cloned().collect(),
+            boot_dir: p.base.boot_dir.clone(),
+            timezone: p.timezone.clone(),
+            user: UserPlan {
+                name: p.user.name.clone(),
+                uid: p.user.uid,
+                sudo: p.user.sudo,
+                ssh_key_only: p.user.ssh_key_only,
+                permit_root_login: p.user.permit_root_login,
+                ssh_authorized_keys: p.user.ssh_authorized_keys.clone(),
+            },
+            controller: ControllerPlan {
+                hostname: p.controller.hostname.clone(),
+                aliases: p.controller.aliases.clone(),
+                lan_address: p.controller.lan_address,
+                zero_address: p.controller.zero_address,
+                nfs_address: p.controller.nfs_address,
+            },
+            usbboot,
+            hosts,
+            munge,
+            slurm,
+            slurm_nodes,
+            slurm_zero_nodes,
+            slurm_pi_nodes,
+            docker,
+            k3s_server_url,
+            k3s_airgap: p.features.k3s_airgap_dir.is_some() && k3s_role.is_some(),
+            k3s_role,
+            nfs_server_address,
+            nfs_export_path: f.nfs_export_path.clone(),
+            nfs_mount_point: f.nfs_mount_point.clone(),
+            nfs_export_networks: vec![p.lan_network.to_string(), p.zero_network.to_string()],
+            nfs_role,
+            zero_route: (!is_zero).then(|| RoutePlan {
+                network: p.zero_network.to_string(),
+                via: p.controller.lan_address,
+            }),
+            packages,
+            overlays,
+            vars: node.vars.clone(),
+        }
+    }
+}
+
+impl Profile {
+    pub fn plan(&self, node: &super::Node) -> NodePlan {
+        NodePlan::new(self, node)
+    }
+}

@@ -1,0 +1,289 @@
+//! The cluster profile as written in TOML: raw, unvalidated values.
+//!
+//! Every struct denies unknown keys, so a typo is an error that names the
+//! line instead of a setting silently ignored. The doc comments here are the
+//! profile reference (`chbuild profile-reference` prints them).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// A whole cluster profile.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    /// Cluster-wide settings: name and networks.
+    pub cluster: RawCluster,
+    /// The ClusterHAT controller (the Pi running ClusterCTRL). It is not
+    /// built by chbuild but appears in /etc/hosts and the Slurm config.
+    pub controller: RawController,
+    /// Where the base root filesystem comes from.
+    pub base: RawBase,
+    /// The login user baked into every node.
+    pub user: RawUser,
+    /// Feature flags (Slurm, Docker, k3s, NFS).
+    #[serde(default)]
+    pub features: RawFeatures,
+    /// Package lists: `base` for every node plus `extra` per group.
+    #[serde(default)]
+    pub packages: RawPackages,
+    /// Aggregate groups: name = [member groups].
+    #[serde(default)]
+    pub groups: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    /// How node trees share the base (hardlinks) or copy it.
+    #[serde(default)]
+    pub tree: RawTree,
+    /// Secrets handling.
+    #[serde(default)]
+    pub secrets: RawSecrets,
+    /// The nodes chbuild builds.
+    #[serde(rename = "node", default)]
+    pub nodes: Vec<RawNode>,
+    /// Extra overlay directory of this profile (highest precedence),
+    /// relative to the profile file.
+    pub overlay_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// Cluster name; output goes to `images/out/<name>/`.
+    pub name: Spanned<String>,
+    /// LAN network of the SD-booted Pis and the controller.
+    pub lan_network: Spanned<String>,
+    /// The Zeros' untagged `usb0` network (ClusterCTRL: 172.19.181.0/24).
+    pub zero_network: Spanned<String>,
+    /// The Zeros' NFS network on VLAN 10 (ClusterCTRL: 172.19.180.0/24).
+    pub nfs_network: Spanned<String>,
+    /// Time zone written to /etc/timezone.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// DNS domain appended to node names in /etc/hosts (optional).
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+fn default_timezone() -> String {
+    "Etc/UTC".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawController {
+    /// Host name of the controller.
+    pub hostname: Spanned<String>,
+    /// Other names of the controller (ClusterCTRL: `controller`, `p0`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Address on the LAN.
+    pub lan_address: Spanned<String>,
+    /// Address on the Zeros' `usb0` network.
+    pub zero_address: Spanned<String>,
+    /// Address on the Zeros' NFS VLAN.
+    pub nfs_address: Spanned<String>,
+    /// Board model (zero, zero2, pi3, pi4, pi5).
+    pub model: Spanned<String>,
+}
+
+/// Source of the base root filesystem.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBase {
+    /// `archive` (a local tar file), `url` (downloaded and checked), or
+    /// `debian` (built from Debian packages with mmdebstrap).
+    pub source: Spanned<String>,
+    /// For `archive`: path to the tar archive, relative to the profile file.
+    pub path: Option<Spanned<String>>,
+    /// For `url`: where to download the archive.
+    pub url: Option<Spanned<String>>,
+    /// For `url` (and optionally `archive`): `sha256:<hex>` or `md5:<hex>`.
+    pub checksum: Option<Spanned<String>>,
+    /// For `debian`: the suite (bookworm).
+    pub suite: Option<String>,
+    /// Architecture of the base (arm64 or armhf).
+    pub architecture: Spanned<String>,
+    /// For `debian`: mmdebstrap variant (minbase, important, standard...).
+    #[serde(default)]
+    pub variant: Option<String>,
+    /// For `debian`: archive components.
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// For `debian`: a mirror URL; leave unset to use the machine's apt
+    /// configuration or mmdebstrap's default.
+    #[serde(default)]
+    pub mirror: Option<String>,
+    /// For `debian`: bake `packages.base` into the base so nodes need no
+    /// package installs at first boot.
+    #[serde(default = "yes")]
+    pub include_base_packages: bool,
+    /// Extra packages for the `debian` recipe only.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Boot directory inside the tree: `boot/firmware` (Bookworm) or `boot`.
+    #[serde(default = "default_boot_dir")]
+    pub boot_dir: Spanned<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_boot_dir() -> Spanned<String> {
+    Spanned::new(0..0, "boot/firmware".into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    /// Login name.
+    pub name: Spanned<String>,
+    /// File holding the sha512crypt hash (`$6$...`), relative to the
+    /// secrets directory. It must not be readable by others.
+    pub password_hash_file: Option<Spanned<String>>,
+    /// Environment variable holding the sha512crypt hash (used when set).
+    pub password_hash_env: Option<String>,
+    /// File of public SSH keys (authorized_keys format), relative to the
+    /// secrets directory; added to `ssh_authorized_keys`.
+    pub ssh_authorized_keys_file: Option<String>,
+    /// Public SSH keys allowed to log in as the user.
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<Spanned<String>>,
+    /// Refuse password logins over SSH.
+    #[serde(default = "yes")]
+    pub ssh_key_only: bool,
+    /// Allow root to log in over SSH.
+    #[serde(default)]
+    pub permit_root_login: bool,
+    /// Member of `sudo` with password-less sudo.
+    #[serde(default = "yes")]
+    pub sudo: bool,
+    /// UID of the user (Raspberry Pi OS renames UID 1000).
+    #[serde(default = "default_uid")]
+    pub uid: u32,
+}
+
+fn default_uid() -> u32 {
+    1000
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeatures {
+    /// Generate Slurm configuration for the `slurm` group.
+    #[serde(default)]
+    pub slurm: bool,
+    /// Include the LAN Pis (`picluster`) as Slurm compute nodes.
+    #[serde(default)]
+    pub slurm_include_picluster: bool,
+    /// Install Docker on the `containers` group.
+    #[serde(default)]
+    pub docker: bool,
+    /// Also install Docker on the Zeros.
+    #[serde(default)]
+    pub docker_on_zeros: bool,
+    /// Run k3s: a server on `k3s_server`, agents on the `containers` group.
+    #[serde(default)]
+    pub k3s: bool,
+    /// Node running the k3s server.
+    pub k3s_server: Option<Spanned<String>>,
+    /// Optional k3s air-gap bundle: directory holding `k3s` and
+    /// `k3s-airgap-images-<arch>.tar[.zst]`, relative to the profile.
+    pub k3s_airgap_dir: Option<Spanned<String>>,
+    /// Node serving NFS (exports `nfs_export_path`).
+    pub nfs_server: Option<Spanned<String>>,
+    /// Exported directory on the NFS server.
+    #[serde(default = "default_nfs_path")]
+    pub nfs_export_path: String,
+    /// Mount point of the export on the other nodes.
+    #[serde(default = "default_nfs_path")]
+    pub nfs_mount_point: String,
+}
+
+fn default_nfs_path() -> String {
+    "/opt/data".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPackages {
+    /// Installed on every node.
+    #[serde(default)]
+    pub base: Vec<String>,
+    /// Added per group: group = [packages]. Never replaces `base`.
+    #[serde(default)]
+    pub extra: BTreeMap<Spanned<String>, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTree {
+    /// Top-level directories hardlinked from the base (read-mostly).
+    /// Everything else is copied (reflinked where possible) per node.
+    #[serde(default = "default_link")]
+    pub link: Vec<Spanned<String>>,
+}
+
+impl Default for RawTree {
+    fn default() -> Self {
+        RawTree {
+            link: default_link(),
+        }
+    }
+}
+
+fn default_link() -> Vec<Spanned<String>> {
+    [
+        "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt",
+    ]
+    .iter()
+    .map(|s| Spanned::new(0..0, s.to_string()))
+    .collect()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecrets {
+    /// Directory of secrets (munge key, k3s token, host keys), relative to
+    /// the current directory; default `secrets/<cluster name>`.
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    /// Inventory name (z1, p5...), used on the command line.
+    pub name: Spanned<String>,
+    /// `usbboot` (a Zero booted by ClusterCTRL over USB/NFS) or `sd`.
+    pub kind: Spanned<String>,
+    /// Board model: zero, zero2, pi3, pi4, pi5.
+    pub model: Spanned<String>,
+    /// IPv4 address (Zeros: on `zero_network`; SD Pis: on `lan_network`).
+    pub address: Spanned<String>,
+    /// Host name; defaults to `name`.
+    pub hostname: Option<Spanned<String>>,
+    /// ClusterCTRL slot N (directory pN) of a Zero.
+    pub slot: Option<Spanned<u8>>,
+    /// Groups the node belongs to.
+    #[serde(default)]
+    pub groups: Vec<Spanned<String>>,
+    /// Per-host overrides.
+    #[serde(default)]
+    pub overrides: RawOverrides,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverrides {
+    /// Extra packages for this host only.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Memory in MiB given to Slurm instead of the model's default.
+    pub memory_mb: Option<u32>,
+    /// CPU count given to Slurm instead of the model's default.
+    pub cpus: Option<u32>,
+    /// Turn Docker off on this host.
+    pub docker: Option<bool>,
+    /// Free-form variables available to overlay templates.
+    #[serde(default)]
+    pub vars: BTreeMap<String, toml::Value>,
+}

@@ -1,0 +1,91 @@
+//! Logging and progress: bars only on a terminal; in logs and CI, a plain
+//! line now and then. `NO_COLOR` is respected.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+pub fn init_logging(quiet: bool, verbose: u8) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (_, 0) => "info",
+        (_, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// A byte or item counter that draws a bar on a terminal and otherwise
+/// logs a line at most every 10 seconds.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    label: String,
+    last_log: Instant,
+    pos: u64,
+    len: Option<u64>,
+}
+
+impl Progress {
+    pub fn bytes(label: &str, len: Option<u64>) -> Progress {
+        let bar = if std::io::stderr().is_terminal() && tracing::enabled!(tracing::Level::INFO) {
+            let b = match len {
+                Some(l) => ProgressBar::new(l),
+                None => ProgressBar::new_spinner(),
+            };
+            b.set_draw_target(ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{msg:24} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .unwrap()
+                .progress_chars("=> "),
+            );
+            b.set_message(label.to_string());
+            b.enable_steady_tick(Duration::from_millis(200));
+            Some(b)
+        } else {
+            None
+        };
+        Progress {
+            bar,
+            label: label.to_string(),
+            last_log: Instant::now(),
+            pos: 0,
+            len,
+        }
+    }
+
+    pub fn inc(&mut self, n: u64) {
+        self.pos += n;
+        if let Some(b) = &self.bar {
+            b.set_position(self.pos);
+        } else if self.last_log.elapsed() >= Duration::from_secs(10) {
+            self.last_log = Instant::now();
+            match self.len {
+                Some(l) if l > 0 => tracing::info!(
+                    "{}: {} of {} MB ({}%)",
+                    self.label,
+                    self.pos >> 20,
+                    l >> 20,
+                    self.pos * 100 / l
+                ),
+                _ => tracing::info!("{}: {} MB", self.label, self.pos >> 20),
+            }
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(b) = self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
