@@ -1,0 +1,390 @@
+//! `chbuild check`, `show`, `secrets init` and profile validation, driven
+//! through the real binary on real (good and bad) profiles.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const DEFAULT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/clusterhat.toml");
+
+fn chbuild(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chbuild"))
+        .args(args)
+        .env_remove("CHBUILD_PASSWORD_HASH")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running chbuild")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Write the default profile with one edit into a temp dir; return its path.
+fn variant(dir: &Path, from: &str, to: &str) -> PathBuf {
+    let text = std::fs::read_to_string(DEFAULT).unwrap();
+    assert!(text.contains(from), "default profile lacks {from:?}");
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    p
+}
+
+/// The 1-based line of the first occurrence of `needle` in the file.
+fn line_of(path: &Path, needle: &str) -> usize {
+    line_of_nth(path, needle, 0)
+}
+
+/// The 1-based line of the `n`th (0-based) occurrence of `needle`.
+fn line_of_nth(path: &Path, needle: &str, n: usize) -> usize {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .nth(n)
+        .expect("needle")
+        .0
+        + 1
+}
+
+/// Assert that `check` refuses the profile with exit code 2 and a message
+/// naming the file, the line holding `at`, and `key`.
+fn assert_refused(from: &str, to: &str, at: &str, key: &str, message: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = variant(dir.path(), from, to);
+    let o = chbuild(&["check", "--profile", p.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    let (at, nth) = match at.strip_suffix("#2") {
+        Some(a) => (a, 1),
+        None => (at, 0),
+    };
+    let line = line_of_nth(&p, at, nth);
+    let want = format!("{}:{line}:", p.display());
+    assert!(err.contains(&want), "expected {want:?} in {err:?}");
+    assert!(err.contains(key), "expected key {key:?} in {err:?}");
+    assert!(err.contains(message), "expected {message:?} in {err:?}");
+}
+
+#[test]
+fn check_prints_the_full_plan() {
+    let o = chbuild(&["check", "--profile", DEFAULT]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    for node in ["z1", "z2", "z3", "z4", "p1", "p2", "p3", "p4", "p5"] {
+        assert!(
+            out.contains(&format!("\n{node} [")),
+            "{node} missing from plan:\n{out}"
+        );
+    }
+    assert!(out.contains("usbboot p1"));
+    assert!(out.contains("k3s-server"));
+    assert!(out.contains("nfs-server"));
+    assert!(out.contains("controller: clusterhat (controller, p0)"));
+    assert!(out.contains("p5.img"));
+
+    let o = chbuild(&["check", "--json", "--profile", DEFAULT]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 9);
+    let p5 = nodes.iter().find(|n| n["name"] == "p5").unwrap();
+    let feats: Vec<&str> = p5["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        feats.contains(&"k3s-server") && feats.contains(&"nfs-server") && feats.contains(&"docker"),
+        "{feats:?}"
+    );
+    let z1 = nodes.iter().find(|n| n["name"] == "z1").unwrap();
+    assert!(
+        !z1["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "docker"),
+        "no Docker on Zeros by default"
+    );
+}
+
+#[test]
+fn show_prints_resolved_variables() {
+    let o = chbuild(&["show", "z3", "--json", "--profile", DEFAULT]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["hostname"], "z3");
+    assert_eq!(v["usbboot"]["nfs_dir"], "/var/lib/clusterctrl/nfs/p3");
+    assert!(v["usbboot"]["cmdline_nfsroot"]
+        .as_str()
+        .unwrap()
+        .ends_with("ip=172.19.180.3:172.19.180.254::255.255.255.0:p3:usb0.10:static"));
+    assert_eq!(v["nfs_server_address"], "172.16.2.205");
+    let pk: Vec<&str> = v["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        pk.contains(&"munge") && pk.contains(&"slurmd"),
+        "base + extra: {pk:?}"
+    );
+
+    let o = chbuild(&["show", "p2", "--profile", DEFAULT]);
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains("zero_route.via = 172.16.2.200"), "{out}");
+    assert!(
+        out.contains("k3s_server_url = https://172.16.2.205:6443"),
+        "{out}"
+    );
+
+    let o = chbuild(&["show", "nope", "--profile", DEFAULT]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown node `nope`"));
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    assert_refused(
+        "sudo = true",
+        "sudo = true\nshell = \"zsh\"",
+        "shell = ",
+        "",
+        "unknown field `shell`",
+    );
+}
+
+#[test]
+fn duplicate_node_names_are_refused() {
+    assert_refused(
+        "name = \"z2\"",
+        "name = \"z1\"",
+        "name = \"z1\"#2",
+        "node z1: name",
+        "duplicate node name",
+    );
+}
+
+#[test]
+fn duplicate_hostnames_are_refused() {
+    // A Zero called p1 by ClusterCTRL must not collide with the LAN Pi p1.
+    assert_refused(
+        "slot = 1\n",
+        "slot = 1\nhostname = \"p1\"\n",
+        "name = \"p1\"#2",
+        "node p1: hostname",
+        "host name `p1` is already used by node z1",
+    );
+}
+
+#[test]
+fn address_outside_network_is_refused() {
+    assert_refused(
+        "address = \"172.19.181.2\"",
+        "address = \"172.16.2.99\"",
+        "172.16.2.99",
+        "node z2: address",
+        "outside the node's network 172.19.181.0/24",
+    );
+}
+
+#[test]
+fn unknown_group_is_refused() {
+    assert_refused(
+        "groups = [\"picluster\"]",
+        "groups = [\"piclustr\"]",
+        "piclustr",
+        "node p1: groups",
+        "group `piclustr` does not exist",
+    );
+    assert_refused(
+        "containers = [\"picluster\", \"management\"]",
+        "containers = [\"picluster\", \"mgmt\"]",
+        "\"mgmt\"",
+        "groups.containers",
+        "group `mgmt` does not exist",
+    );
+}
+
+#[test]
+fn unknown_k3s_server_is_refused() {
+    assert_refused(
+        "k3s_server = \"p5\"",
+        "k3s_server = \"p9\"",
+        "k3s_server",
+        "features.k3s_server",
+        "node `p9` does not exist",
+    );
+}
+
+#[test]
+fn features_a_model_cannot_run_are_refused() {
+    // Docker on a first-generation Zero (ARMv6) with an armhf base.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(DEFAULT)
+        .unwrap()
+        .replace("architecture = \"arm64\"", "architecture = \"armhf\"")
+        .replace("docker_on_zeros = false", "docker_on_zeros = true")
+        .replacen("model = \"zero2\"", "model = \"zero\"", 1);
+    let p = dir.path().join("armv6.toml");
+    std::fs::write(&p, text).unwrap();
+    let o = chbuild(&["check", "--profile", p.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let line = line_of(&p, "model = \"zero\"");
+    assert!(err.contains(&format!("{}:{line}:", p.display())), "{err}");
+    assert!(
+        err.contains("node z1: model: Docker needs ARMv7 or newer, but a zero is ARMv6"),
+        "{err}"
+    );
+
+    // And an arm64 base cannot boot a first-generation Zero at all.
+    assert_refused(
+        "model = \"zero2\"",
+        "model = \"zero\"",
+        "model = \"zero\"",
+        "node z1: model",
+        "cannot boot a arm64 base",
+    );
+}
+
+#[test]
+fn world_readable_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let hash = secrets.join("password.sha512crypt");
+    std::fs::write(&hash, "$6$salt$abc\n").unwrap();
+    std::fs::set_permissions(&hash, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = chbuild(&[
+        "check",
+        "--profile",
+        DEFAULT,
+        "--secrets",
+        secrets.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let line = line_of(Path::new(DEFAULT), "password_hash_file");
+    assert!(err.contains(&format!("{DEFAULT}:{line}:")), "{err}");
+    assert!(err.contains("user.password_hash_file"), "{err}");
+    assert!(err.contains("mode 0644"), "{err}");
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = variant(dir.path(), "[features]", "[features\n");
+    let o = chbuild(&["check", "--profile", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let line = line_of(&p, "[features");
+    assert!(
+        stderr(&o).contains(&format!("{}:{line}:", p.display())),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bad_selection_is_a_usage_error() {
+    let o = chbuild(&["image", "z4..z1", "--profile", DEFAULT]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("range `z4..z1` is empty"));
+    let o = chbuild(&["image", "z9", "--profile", DEFAULT]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown node `z9`"));
+}
+
+#[test]
+fn missing_profile_is_a_failure_naming_the_path() {
+    let o = chbuild(&["check", "--profile", "/nonexistent/p.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("reading /nonexistent/p.toml"));
+}
+
+#[test]
+fn every_verb_has_help() {
+    for verb in [
+        "check", "show", "secrets", "image", "sd", "deploy", "rollback", "store",
+    ] {
+        let o = chbuild(&[verb, "--help"]);
+        assert!(o.status.success(), "{verb} --help");
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert!(out.contains("Usage: chbuild"), "{verb}: {out}");
+        for l in out.lines() {
+            assert!(
+                l.chars().count() <= 80,
+                "{verb} help line over 80 columns: {l:?}"
+            );
+        }
+    }
+    let o = chbuild(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn secrets_init_makes_private_files_and_keeps_existing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("s");
+    let args = [
+        "secrets",
+        "init",
+        "--profile",
+        DEFAULT,
+        "--secrets",
+        s.to_str().unwrap(),
+    ];
+    let o = chbuild(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&s), 0o700);
+    let munge = s.join("munge.key");
+    assert_eq!(std::fs::metadata(&munge).unwrap().len(), 1024);
+    for f in [
+        "munge.key",
+        "k3s-token",
+        "admin_ed25519",
+        "password",
+        "password.sha512crypt",
+    ] {
+        assert_eq!(mode(&s.join(f)), 0o600, "{f}");
+    }
+    for node in ["z1", "z4", "p5"] {
+        let key = s.join("hostkeys").join(node).join("ssh_host_ed25519_key");
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(key.parent().unwrap()), 0o700);
+        let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        assert!(pubkey.starts_with("ssh-ed25519 "), "{pubkey}");
+        // ssh-keygen agrees it is a valid private key, when installed.
+        if let Ok(o) = Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&key)
+            .output()
+        {
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout).split_whitespace().nth(1),
+                pubkey.split_whitespace().nth(1)
+            );
+        }
+    }
+    let hash = std::fs::read_to_string(s.join("password.sha512crypt")).unwrap();
+    assert!(hash.starts_with("$6$"), "sha512crypt");
+    // No secret content on the terminal.
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(!all.contains(hash.trim()));
+
+    // A second run keeps everything; --force replaces.
+    let before = std::fs::read(&munge).unwrap();
+    let o = chbuild(&args);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("kept existing"));
+    assert_eq!(std::fs::read(&munge).unwrap(), before);
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert!(chbuild(&forced).status.success());
+    assert_ne!(std::fs::read(&munge).unwrap(), before);
+}
