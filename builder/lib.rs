@@ -9,6 +9,8 @@ pub mod deploy;
 pub mod pipeline;
 pub mod profile;
 pub mod progress;
+pub mod roles;
 pub mod secrets;
 pub mod store;
 pub mod tools;
+pub mod tree;

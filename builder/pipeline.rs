@@ -1,26 +1,268 @@
 //! The build pipeline: profile -> store -> tree -> artifact. Each stage
 //! takes the previous stage's value; none reaches back.
 
+use crate::artifact::{self, Manifest, NodeArtifact};
 use crate::cli::{Format, SdArgs};
-use crate::profile::Profile;
-use crate::store::Store;
-use anyhow::{bail, Result};
+use crate::profile::{plan::NodePlan, Profile};
+use crate::secrets::Secrets;
+use crate::store::{BaseTree, Store};
+use anyhow::{Context, Result};
 use serde::Serialize;
-use std::path::Path;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(Debug, Serialize)]
 pub struct ImageReport {
-    pub nodes: Vec<String>,
+    pub output: PathBuf,
+    pub base_digest: String,
+    pub built: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+/// SOURCE_DATE_EPOCH when set; otherwise a time derived from the inputs
+/// (the newest mtime in the base), so default builds are reproducible too.
+pub fn source_date_epoch(base: &BaseTree) -> Result<i64> {
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        return v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"));
+    }
+    let m = std::fs::metadata(base.root.join("etc"))
+        .or_else(|_| std::fs::metadata(&base.root))
+        .with_context(|| format!("reading {}", base.root.display()))?;
+    use std::os::unix::fs::MetadataExt;
+    Ok(m.mtime().max(0))
+}
+
+/// Everything a node's tree depends on, hashed: rebuilding after a change
+/// touches only the nodes whose inputs changed. Secrets enter as a hash.
+fn inputs_hash(
+    plan: &NodePlan,
+    base: &BaseTree,
+    epoch: i64,
+    secrets: &Secrets,
+    overlay_dirs: &[PathBuf],
+) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(env!("CARGO_PKG_VERSION"));
+    h.update(base.digest.as_bytes());
+    h.update(epoch.to_le_bytes());
+    h.update(serde_json::to_vec(plan)?);
+    h.update(&secrets.munge_key);
+    h.update(secrets.k3s_token.as_bytes());
+    h.update(secrets.password_hash.as_bytes());
+    for k in &secrets.authorized_keys {
+        h.update(k.as_bytes());
+    }
+    if let Ok(k) = secrets.host_key(&plan.name) {
+        h.update(k.private.as_bytes());
+    }
+    for dir in overlay_dirs {
+        if !dir.exists() {
+            continue;
+        }
+        for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+            let e = e.with_context(|| format!("walking {}", dir.display()))?;
+            h.update(e.path().to_string_lossy().as_bytes());
+            if e.file_type().is_file() {
+                h.update(
+                    std::fs::read(e.path())
+                        .with_context(|| format!("reading {}", e.path().display()))?,
+                );
+            }
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The overlays directory shipped with chbuild: the first `overlays/`
+/// found walking up from the profile's directory (`profiles/` sits next to
+/// it in a checkout), else the one chbuild was built from.
+pub fn overlays_dir(profile: &Profile) -> PathBuf {
+    let dir = std::fs::canonicalize(profile.dir()).unwrap_or_else(|_| profile.dir().to_path_buf());
+    dir.ancestors()
+        .map(|a| a.join("overlays"))
+        .find(|o| o.is_dir())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays"))
+}
+
+/// Compose one node's tree at `dest` (a temporary path) and bake every
+/// role into it.
+pub fn build_tree(
+    profile: &Profile,
+    plan: &NodePlan,
+    base: &BaseTree,
+    secrets: &Secrets,
+    dest: &Path,
+    epoch: i64,
+) -> Result<()> {
+    let started = Instant::now();
+    crate::tree::remove_tree(dest)?;
+    let stats = crate::tree::compose(&base.root, dest, &profile.link_dirs)
+        .with_context(|| format!("composing the tree of {}", plan.name))?;
+    let overlays = overlays_dir(profile);
+    let ctx = crate::roles::RoleCtx {
+        profile,
+        plan,
+        secrets,
+        overlays_dir: &overlays,
+    };
+    crate::roles::apply_roles(&ctx, dest)
+        .with_context(|| format!("baking roles into {}", plan.name))?;
+    crate::tree::clamp_mtimes(dest, epoch)?;
+    tracing::info!(
+        "{}: tree composed ({} linked, {} copied, {} MiB copied) in {:.1?}",
+        plan.name,
+        stats.linked,
+        stats.copied,
+        stats.copied_bytes >> 20,
+        started.elapsed()
+    );
+    Ok(())
 }
 
 pub fn image(
-    _profile: &Profile,
-    _store: &Store,
-    _nodes: &[String],
-    _out: &Path,
-    _format: Format,
+    profile: &Profile,
+    store: &Store,
+    nodes: &[String],
+    out: &Path,
+    format: Format,
 ) -> Result<ImageReport> {
-    bail!("`chbuild image` is not yet implemented")
+    let secrets = Secrets::load(profile)?;
+    let base = store.ensure_base(&profile.base)?;
+    let epoch = source_date_epoch(&base)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut manifest = Manifest::load(out)?
+        .filter(|m| m.cluster == profile.name)
+        .unwrap_or(Manifest {
+            cluster: profile.name.clone(),
+            profile: profile.file.display().to_string(),
+            base_digest: base.digest.clone(),
+            source_date_epoch: epoch,
+            nodes: vec![],
+        });
+    if manifest.base_digest != base.digest || manifest.source_date_epoch != epoch {
+        // Another base or epoch: every entry describes stale trees.
+        manifest.nodes.clear();
+        manifest.base_digest = base.digest.clone();
+        manifest.source_date_epoch = epoch;
+    }
+    let mut report = ImageReport {
+        output: out.to_path_buf(),
+        base_digest: base.digest.clone(),
+        built: vec![],
+        unchanged: vec![],
+    };
+    let overlay_dirs: Vec<PathBuf> = std::iter::once(overlays_dir(profile))
+        .chain(profile.overlay_dir.clone())
+        .collect();
+    for name in nodes {
+        let node = profile.node(name).expect("selection returns known nodes");
+        let plan = profile.plan(node);
+        let inputs = inputs_hash(&plan, &base, epoch, &secrets, &overlay_dirs)?;
+        let tree = out.join(name);
+        let tarball_name = format!("{name}.tar.zst");
+        let want_tar = format == Format::TarZst;
+        if let Some(prev) = manifest.nodes.iter().find(|n| &n.name == name) {
+            let tar_ok = !want_tar || (prev.tarball.is_some() && out.join(&tarball_name).exists());
+            if prev.inputs == inputs && tree.is_dir() && tar_ok {
+                tracing::info!("{name}: unchanged, not rebuilt");
+                report.unchanged.push(name.clone());
+                continue;
+            }
+        }
+        let tmp = out.join(format!(".{name}.building"));
+        build_tree(profile, &plan, &base, &secrets, &tmp, epoch)?;
+        let files_in_tree = count_files(&tmp)?;
+        let (tarball, sha256, size) = if want_tar {
+            let started = Instant::now();
+            let info = artifact::write_tar_zst(&tmp, &out.join(&tarball_name), epoch)?;
+            tracing::info!(
+                "{name}: {tarball_name} ({} MiB) in {:.1?}",
+                info.size >> 20,
+                started.elapsed()
+            );
+            (Some(tarball_name), Some(info.sha256), Some(info.size))
+        } else {
+            let _ = std::fs::remove_file(out.join(&tarball_name));
+            (None, None, None)
+        };
+        swap_tree(&tmp, &tree)?;
+        manifest.nodes.retain(|n| &n.name != name);
+        manifest.nodes.push(NodeArtifact {
+            name: name.clone(),
+            hostname: plan.hostname.clone(),
+            kind: plan.kind,
+            slot: plan.usbboot.as_ref().map(|u| u.slot),
+            tree: name.clone(),
+            tarball,
+            sha256,
+            size,
+            files: files_in_tree,
+            inputs,
+        });
+        report.built.push(name.clone());
+    }
+    // Keep the manifest in profile order, whatever was rebuilt.
+    manifest.nodes.sort_by_key(|n| {
+        profile
+            .nodes
+            .iter()
+            .position(|p| p.name == n.name)
+            .unwrap_or(usize::MAX)
+    });
+    manifest.save(out)?;
+    artifact::write_atomic(
+        &out.join("known_hosts"),
+        crate::roles::known_hosts(profile, &secrets)?.as_bytes(),
+    )?;
+    tracing::info!(
+        "{} built, {} unchanged, in {}",
+        report.built.len(),
+        report.unchanged.len(),
+        out.display()
+    );
+    Ok(report)
+}
+
+fn count_files(tree: &Path) -> Result<u64> {
+    let mut n = 0;
+    for e in walkdir::WalkDir::new(tree).follow_links(false) {
+        if e.with_context(|| format!("walking {}", tree.display()))?
+            .file_type()
+            .is_file()
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Replace `dest` by `new` so that `dest` is always a complete tree: the
+/// old one until the rename, the new one after.
+fn swap_tree(new: &Path, dest: &Path) -> Result<()> {
+    if dest.exists() {
+        let old = dest.with_file_name(format!(
+            ".{}.old",
+            dest.file_name().unwrap().to_string_lossy()
+        ));
+        crate::tree::remove_tree(&old)?;
+        nix::fcntl::renameat2(
+            None,
+            new,
+            None,
+            dest,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+        .with_context(|| format!("swapping {} into place", dest.display()))?;
+        std::fs::rename(new, &old).with_context(|| format!("renaming {}", new.display()))?;
+        crate::tree::remove_tree(&old)
+    } else {
+        std::fs::rename(new, dest)
+            .with_context(|| format!("renaming {} into place", dest.display()))
+    }
 }
 
 pub fn sd(
@@ -30,5 +272,5 @@ pub fn sd(
     _args: &SdArgs,
     _json: bool,
 ) -> Result<()> {
-    bail!("`chbuild sd` is not yet implemented")
+    anyhow::bail!("`chbuild sd` is not yet implemented")
 }

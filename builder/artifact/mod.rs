@@ -1,9 +1,306 @@
-//! Artifacts: node trees as deterministic tar.zst, manifest.json, SHA256SUMS.
+//! Artifacts: node trees as deterministic tar.zst, `manifest.json` and
+//! `SHA256SUMS`. Same tree and epoch give byte-identical tarballs.
 
 use crate::profile::Profile;
-use std::path::PathBuf;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use walkdir::WalkDir;
 
 /// `images/out/<cluster>`.
 pub fn default_output_dir(profile: &Profile) -> PathBuf {
     PathBuf::from("images/out").join(&profile.name)
+}
+
+pub const MANIFEST: &str = "manifest.json";
+pub const SUMS: &str = "SHA256SUMS";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeArtifact {
+    pub name: String,
+    pub hostname: String,
+    pub kind: crate::profile::NodeKind,
+    pub slot: Option<u8>,
+    pub tree: String,
+    pub tarball: Option<String>,
+    /// sha256 of the tarball: the node's build id.
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    pub files: u64,
+    /// Hash of everything the node was built from; unchanged inputs are
+    /// not rebuilt.
+    pub inputs: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub cluster: String,
+    pub profile: String,
+    pub base_digest: String,
+    pub source_date_epoch: i64,
+    pub nodes: Vec<NodeArtifact>,
+}
+
+impl Manifest {
+    pub fn load(dir: &Path) -> Result<Option<Manifest>> {
+        let p = dir.join(MANIFEST);
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b).with_context(|| format!("parsing {}", p.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    /// Write the manifest and SHA256SUMS atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self)?;
+        write_atomic(&dir.join(MANIFEST), &json)?;
+        let mut sums = String::new();
+        for n in &self.nodes {
+            if let (Some(t), Some(h)) = (&n.tarball, &n.sha256) {
+                sums.push_str(&format!("{h}  {t}\n"));
+            }
+        }
+        write_atomic(&dir.join(SUMS), sums.as_bytes())
+    }
+}
+
+/// Write a file beside its destination and rename it into place.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = tmp_sibling(path);
+    fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
+}
+
+/// `dir/.name.tmp`: a hidden sibling on the same file system.
+pub fn tmp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// A writer that hashes what passes through, so the tarball's checksum
+/// needs no second read.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub struct TarballInfo {
+    pub sha256: String,
+    pub size: u64,
+    pub files: u64,
+}
+
+/// Write `tree` as a deterministic zstd-compressed tar at `out`: entries
+/// sorted, `./`-prefixed, numeric owners, mtimes clamped to `epoch`,
+/// xattrs as pax records, hardlinks inside the tree as link entries.
+pub fn write_tar_zst(tree: &Path, out: &Path, epoch: i64) -> Result<TarballInfo> {
+    let tmp = tmp_sibling(out);
+    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let hashing = HashingWriter {
+        inner: BufWriter::new(file),
+        hash: Sha256::new(),
+        len: 0,
+    };
+    let mut enc = zstd::Encoder::new(hashing, 3)?;
+    // Any worker count >= 1 gives the same bytes; 0 (single-threaded
+    // mode) would differ, so never use it.
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+        .max(1);
+    enc.multithread(threads)?;
+    enc.include_checksum(true)?;
+    let mut builder = tar::Builder::new(enc);
+    builder.follow_symlinks(false);
+    let mut seen: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut files = 0u64;
+    for entry in WalkDir::new(tree).follow_links(false).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("walking {}", tree.display()))?;
+        let path = entry.path();
+        let rel = path.strip_prefix(tree).expect("under tree");
+        let name = if rel.as_os_str().is_empty() {
+            PathBuf::from("./")
+        } else {
+            Path::new(".").join(rel)
+        };
+        let meta = path
+            .symlink_metadata()
+            .with_context(|| format!("reading {}", path.display()))?;
+        let ft = meta.file_type();
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(meta.mode() & 0o7777);
+        h.set_uid(meta.uid() as u64);
+        h.set_gid(meta.gid() as u64);
+        h.set_mtime(meta.mtime().clamp(0, epoch) as u64);
+        h.set_size(0);
+
+        let xattrs = read_xattrs(path)?;
+        if !xattrs.is_empty() {
+            let recs: Vec<(String, Vec<u8>)> = xattrs
+                .into_iter()
+                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v))
+                .collect();
+            builder
+                .append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .with_context(|| format!("writing xattrs of {}", path.display()))?;
+        }
+
+        if ft.is_dir() {
+            h.set_entry_type(tar::EntryType::Directory);
+            builder.append_data(&mut h, &name, std::io::empty())
+        } else if ft.is_symlink() {
+            h.set_entry_type(tar::EntryType::Symlink);
+            let to =
+                fs::read_link(path).with_context(|| format!("reading link {}", path.display()))?;
+            builder.append_link(&mut h, &name, &to)
+        } else if let Some(first) = (meta.nlink() > 1)
+            .then(|| seen.get(&(meta.dev(), meta.ino())).cloned())
+            .flatten()
+        {
+            h.set_entry_type(tar::EntryType::Link);
+            builder.append_link(&mut h, &name, &first)
+        } else if ft.is_file() {
+            files += 1;
+            if meta.nlink() > 1 {
+                seen.insert((meta.dev(), meta.ino()), name.clone());
+            }
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(meta.len());
+            let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            builder.append_data(&mut h, &name, f)
+        } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+            h.set_entry_type(if ft.is_char_device() {
+                tar::EntryType::Char
+            } else if ft.is_block_device() {
+                tar::EntryType::Block
+            } else {
+                tar::EntryType::Fifo
+            });
+            let rdev = meta.rdev();
+            h.set_device_major(nix::sys::stat::major(rdev) as u32)?;
+            h.set_device_minor(nix::sys::stat::minor(rdev) as u32)?;
+            builder.append_data(&mut h, &name, std::io::empty())
+        } else {
+            // Sockets do not belong in an image; they are made at run time.
+            continue;
+        }
+        .with_context(|| format!("adding {} to {}", path.display(), tmp.display()))?;
+    }
+    let enc = builder
+        .into_inner()
+        .with_context(|| format!("finishing {}", tmp.display()))?;
+    let mut hashing = enc
+        .finish()
+        .with_context(|| format!("finishing {}", tmp.display()))?;
+    hashing.flush()?;
+    let sha256 = hex::encode(hashing.hash.finalize());
+    let size = hashing.len;
+    hashing
+        .inner
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, out).with_context(|| format!("renaming {} into place", out.display()))?;
+    Ok(TarballInfo {
+        sha256,
+        size,
+        files,
+    })
+}
+
+fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let names = match xattr::list(path) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("listing xattrs of {}", path.display())),
+    };
+    let mut out = Vec::new();
+    for n in names {
+        let key = n.to_string_lossy().into_owned();
+        if let Some(v) =
+            xattr::get(path, &n).with_context(|| format!("reading xattrs of {}", path.display()))?
+        {
+            out.push((key, v));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tarball_is_deterministic_and_clamped() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("tree");
+        fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::write(tree.join("etc/hostname"), "z1\n").unwrap();
+        fs::hard_link(tree.join("etc/hostname"), tree.join("etc/hostname2")).unwrap();
+        std::os::unix::fs::symlink("hostname", tree.join("etc/link")).unwrap();
+        let a = t.path().join("a.tar.zst");
+        let b = t.path().join("b.tar.zst");
+        let ia = write_tar_zst(&tree, &a, 1_700_000_000).unwrap();
+        let ib = write_tar_zst(&tree, &b, 1_700_000_000).unwrap();
+        assert_eq!(ia.sha256, ib.sha256);
+        assert_eq!(ia.sha256, sha256_file(&a).unwrap());
+        assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
+        let dec = zstd::Decoder::new(fs::File::open(&a).unwrap()).unwrap();
+        let mut ar = tar::Archive::new(dec);
+        let mut names = vec![];
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            assert!(e.header().mtime().unwrap() <= 1_700_000_000);
+            names.push((
+                e.path().unwrap().display().to_string(),
+                e.header().entry_type(),
+            ));
+        }
+        assert_eq!(names[0].0, "./");
+        assert!(names.contains(&("./etc/hostname2".into(), tar::EntryType::Link)));
+        assert!(names.contains(&("./etc/link".into(), tar::EntryType::Symlink)));
+    }
 }

@@ -146,7 +146,7 @@ pub struct Features {
     pub nfs_mount_point: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeKind {
     /// A Pi Zero booted by ClusterCTRL over USB with an NFS root.
