@@ -262,8 +262,7 @@ pub fn password_hash(profile: &Profile) -> Result<String> {
         },
     };
     let parts: Vec<&str> = hash.split('$').collect();
-    if !hash.starts_with("$6$") || parts.len() < 4 || hash.contains(':') || hash.contains('\n')
-    {
+    if !hash.starts_with("$6$") || parts.len() < 4 || hash.contains(':') || hash.contains('\n') {
         bail!("{origin}: not a sha512crypt hash (`$6$salt$hash`, as `openssl passwd -6` prints)");
     }
     Ok(hash)

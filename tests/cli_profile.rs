@@ -388,3 +388,41 @@ fn secrets_init_makes_private_files_and_keeps_existing_ones() {
     assert!(chbuild(&forced).status.success());
     assert_ne!(std::fs::read(&munge).unwrap(), before);
 }
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = chbuild(&["completions", shell]);
+        assert!(o.status.success(), "{shell}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("chbuild") && out.contains("deploy"),
+            "{shell}: {out}"
+        );
+    }
+    if Command::new("bash").arg("--version").output().is_ok() {
+        let o = chbuild(&["completions", "bash"]);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.bash");
+        std::fs::write(&f, &o.stdout).unwrap();
+        let check = Command::new("bash").arg("-n").arg(&f).output().unwrap();
+        assert!(check.status.success(), "bash -n: {}", stderr(&check));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let o = chbuild(&["man", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = std::fs::read_to_string(dir.path().join("chbuild-image.1")).unwrap();
+    assert!(page.contains(".TH chbuild-image"), "{page}");
+    // man(1) renders it without warnings, when installed.
+    if let Ok(o) = Command::new("man")
+        .arg("--warnings")
+        .arg("-l")
+        .arg(dir.path().join("chbuild.1"))
+        .env("MANWIDTH", "80")
+        .output()
+    {
+        if o.status.success() {
+            assert!(String::from_utf8_lossy(&o.stdout).contains("deploy"));
+        }
+    }
+}

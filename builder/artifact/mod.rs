@@ -300,7 +300,10 @@ mod tests {
             ));
         }
         assert_eq!(names[0].0, "./");
-        assert!(names.contains(&("etc/hostname2".into(), tar::EntryType::Link)), "{names:?}");
+        assert!(
+            names.contains(&("etc/hostname2".into(), tar::EntryType::Link)),
+            "{names:?}"
+        );
         assert!(names.contains(&("etc/link".into(), tar::EntryType::Symlink)));
     }
 }

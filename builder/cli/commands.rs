@@ -80,6 +80,12 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
             let p = load(cli)?;
             crate::deploy::rollback(&p, args)
         }
+        Verb::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "chbuild", &mut std::io::stdout());
+            Ok(())
+        }
+        Verb::Man { dir } => write_man_pages(dir),
         Verb::Store(v) => {
             let st = store(cli)?;
             match v {
@@ -274,6 +280,27 @@ fn flatten(o: &mut impl Write, prefix: &str, v: &serde_json::Value) -> Result<()
         }
         serde_json::Value::String(s) => writeln!(o, "{prefix} = {s}")?,
         other => writeln!(o, "{prefix} = {other}")?,
+    }
+    Ok(())
+}
+
+/// chbuild.1 plus chbuild-<verb>.1 for every verb, from the definitions.
+fn write_man_pages(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut pages = vec![("chbuild".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        // clap names commands with 'static strings; a page name is made
+        // once per verb per run, so leaking it is harmless.
+        let name: &'static str = Box::leak(format!("chbuild-{}", sub.get_name()).into_boxed_str());
+        pages.push((name.to_string(), sub.clone().name(name)));
+    }
+    for (name, c) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).render(&mut buf)?;
+        std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
+        tracing::info!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -69,6 +69,18 @@ pub enum Verb {
     /// Show and prune the base store
     #[command(subcommand)]
     Store(StoreVerb),
+    /// Print shell completions
+    Completions {
+        /// Shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (chbuild.1 and one per verb) into a directory
+    Man {
+        /// Output directory
+        #[arg(default_value = "target/man")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
