@@ -55,6 +55,11 @@ fn write_secret(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<bool
     Ok(true)
 }
 
+/// Write (or replace) one private file, 0600, in a 0700 directory.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    write_secret(path, data, 0o600, true).map(|_| ())
+}
+
 /// What `secrets init` did, for the report (names only, never contents).
 #[derive(Debug, Default, serde::Serialize)]
 pub struct InitReport {

@@ -80,6 +80,39 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
             let p = load(cli)?;
             crate::deploy::rollback(&p, args)
         }
+        Verb::ImportAnsible(a) => {
+            let secrets = cli
+                .global
+                .secrets
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from(format!("secrets/{}", a.name)));
+            let (text, report) =
+                crate::import::import_ansible(&a.inventory, &a.vars, &a.name, &secrets)?;
+            // Prove the result is a valid profile before anyone uses it.
+            let target = a
+                .output
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from("imported.toml"));
+            profile::parse_profile_with_secrets(&text, &target, &secrets)?;
+            match &a.output {
+                Some(out) => crate::artifact::write_atomic(out, text.as_bytes())?,
+                None => print!("{text}"),
+            }
+            if cli.global.json {
+                eprintln!("{}", serde_json::to_string_pretty(&report.unmapped)?);
+            } else {
+                for s in &report.secrets {
+                    tracing::info!("password hash moved to {s}");
+                }
+                for a in &report.assumed {
+                    tracing::info!("assumed: {a}");
+                }
+                for u in &report.unmapped {
+                    tracing::warn!("not mapped: {} {} ({})", u.scope, u.variable, u.note);
+                }
+            }
+            Ok(())
+        }
         Verb::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "chbuild", &mut std::io::stdout());

@@ -69,6 +69,8 @@ pub enum Verb {
     /// Show and prune the base store
     #[command(subcommand)]
     Store(StoreVerb),
+    /// Write a profile equivalent to an Ansible inventory and group_vars
+    ImportAnsible(ImportArgs),
     /// Print shell completions
     Completions {
         /// Shell to complete for
@@ -81,6 +83,22 @@ pub enum Verb {
         #[arg(default_value = "target/man")]
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The Ansible inventory (INI)
+    #[arg(long)]
+    pub inventory: PathBuf,
+    /// The group_vars directory
+    #[arg(long)]
+    pub vars: PathBuf,
+    /// Write the profile here (default: stdout)
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Cluster name
+    #[arg(long, default_value = "clusterhat")]
+    pub name: String,
 }
 
 #[derive(Debug, Subcommand)]
