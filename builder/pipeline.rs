@@ -202,6 +202,7 @@ pub fn image(
             size,
             files: files_in_tree,
             inputs,
+            files_extra: vec![],
         });
         report.built.push(name.clone());
     }

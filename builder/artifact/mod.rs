@@ -35,6 +35,31 @@ pub struct NodeArtifact {
     /// Hash of everything the node was built from; unchanged inputs are
     /// not rebuilt.
     pub inputs: String,
+    /// Further files of this node (SD image, its bmap, compressed copies).
+    #[serde(default)]
+    pub files_extra: Vec<ArtifactFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ArtifactFile {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl ArtifactFile {
+    /// Describe a file of the output directory, hashing it.
+    pub fn of(dir: &Path, name: &str) -> Result<ArtifactFile> {
+        let p = dir.join(name);
+        let size = fs::metadata(&p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .len();
+        Ok(ArtifactFile {
+            name: name.to_string(),
+            sha256: sha256_file(&p)?,
+            size,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,13 +88,74 @@ impl Manifest {
         let json = serde_json::to_vec_pretty(self)?;
         write_atomic(&dir.join(MANIFEST), &json)?;
         let mut sums = String::new();
-        for n in &self.nodes {
-            if let (Some(t), Some(h)) = (&n.tarball, &n.sha256) {
-                sums.push_str(&format!("{h}  {t}\n"));
-            }
+        for (name, sha) in self.files() {
+            sums.push_str(&format!("{sha}  {name}\n"));
         }
         write_atomic(&dir.join(SUMS), sums.as_bytes())
     }
+
+    /// Every file the manifest vouches for, with its sha256.
+    pub fn files(&self) -> Vec<(String, String)> {
+        let mut out = vec![];
+        for n in &self.nodes {
+            if let (Some(t), Some(h)) = (&n.tarball, &n.sha256) {
+                out.push((t.clone(), h.clone()));
+            }
+            for f in &n.files_extra {
+                out.push((f.name.clone(), f.sha256.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// Re-check a release directory against its manifest and SHA256SUMS:
+/// every file listed exists with its checksum, and the two lists agree.
+pub fn verify(dir: &Path) -> Result<Vec<String>> {
+    let manifest =
+        Manifest::load(dir)?.with_context(|| format!("{} has no {MANIFEST}", dir.display()))?;
+    let sums_path = dir.join(SUMS);
+    let sums_text = fs::read_to_string(&sums_path)
+        .with_context(|| format!("reading {}", sums_path.display()))?;
+    let mut sums: HashMap<String, String> = HashMap::new();
+    for (i, line) in sums_text.lines().enumerate() {
+        let (h, name) = line
+            .split_once("  ")
+            .with_context(|| format!("{}:{}: not a sha256sum line", sums_path.display(), i + 1))?;
+        sums.insert(name.to_string(), h.to_string());
+    }
+    let mut problems = vec![];
+    let files = manifest.files();
+    for (name, sha) in &files {
+        match sums.get(name) {
+            Some(h) if h == sha => {}
+            Some(_) => problems.push(format!("{name}: {SUMS} and {MANIFEST} disagree")),
+            None => problems.push(format!("{name}: missing from {SUMS}")),
+        }
+        let p = dir.join(name);
+        if !p.exists() {
+            problems.push(format!("{name}: missing"));
+            continue;
+        }
+        let actual = sha256_file(&p)?;
+        if &actual != sha {
+            problems.push(format!("{name}: sha256 {actual}, expected {sha}"));
+        }
+    }
+    for name in sums.keys() {
+        if !files.iter().any(|(n, _)| n == name) {
+            problems.push(format!("{name}: in {SUMS} but not in {MANIFEST}"));
+        }
+    }
+    problems.sort();
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{} does not verify:\n  {}",
+            dir.display(),
+            problems.join("\n  ")
+        );
+    }
+    Ok(files.into_iter().map(|(n, _)| n).collect())
 }
 
 /// Write a file beside its destination and rename it into place.
@@ -305,5 +391,46 @@ mod tests {
             "{names:?}"
         );
         assert!(names.contains(&("etc/link".into(), tar::EntryType::Symlink)));
+    }
+
+    #[test]
+    fn verify_catches_a_changed_file_and_a_stray_checksum() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        fs::write(d.join("z1.tar.zst"), "tarball").unwrap();
+        fs::write(d.join("p5.img.zst"), "image").unwrap();
+        let m = Manifest {
+            cluster: "c".into(),
+            profile: "p.toml".into(),
+            base_digest: "b".into(),
+            source_date_epoch: 1,
+            nodes: vec![NodeArtifact {
+                name: "z1".into(),
+                hostname: "z1".into(),
+                kind: crate::profile::NodeKind::Usbboot,
+                slot: Some(1),
+                tree: "z1".into(),
+                tarball: Some("z1.tar.zst".into()),
+                sha256: Some(sha256_file(&d.join("z1.tar.zst")).unwrap()),
+                size: Some(7),
+                files: 1,
+                inputs: "i".into(),
+                files_extra: vec![ArtifactFile::of(d, "p5.img.zst").unwrap()],
+            }],
+        };
+        m.save(d).unwrap();
+        assert_eq!(verify(d).unwrap(), ["z1.tar.zst", "p5.img.zst"]);
+        fs::write(d.join("p5.img.zst"), "imagf").unwrap();
+        let e = verify(d).unwrap_err().to_string();
+        assert!(e.contains("p5.img.zst: sha256 "), "{e}");
+        fs::write(d.join("p5.img.zst"), "image").unwrap();
+        let mut sums = fs::read_to_string(d.join(SUMS)).unwrap();
+        sums.push_str(&format!("{}  extra.bin\n", "0".repeat(64)));
+        fs::write(d.join(SUMS), sums).unwrap();
+        let e = verify(d).unwrap_err().to_string();
+        assert!(
+            e.contains("extra.bin: in SHA256SUMS but not in manifest.json"),
+            "{e}"
+        );
     }
 }

@@ -80,6 +80,15 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
             let p = load(cli)?;
             crate::deploy::rollback(&p, args)
         }
+        Verb::Verify { dir } => {
+            let files = crate::artifact::verify(dir)?;
+            if cli.global.json {
+                println!("{}", serde_json::to_string_pretty(&files)?);
+            } else {
+                tracing::info!("{}: {} files verified", dir.display(), files.len());
+            }
+            Ok(())
+        }
         Verb::ImportAnsible(a) => {
             let secrets = cli
                 .global

@@ -69,6 +69,11 @@ pub enum Verb {
     /// Show and prune the base store
     #[command(subcommand)]
     Store(StoreVerb),
+    /// Re-check a release or output directory against its manifest
+    Verify {
+        /// The directory holding manifest.json and SHA256SUMS
+        dir: PathBuf,
+    },
     /// Write a profile equivalent to an Ansible inventory and group_vars
     ImportAnsible(ImportArgs),
     /// Print shell completions
