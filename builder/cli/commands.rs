@@ -80,6 +80,10 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
             let p = load(cli)?;
             crate::deploy::rollback(&p, args)
         }
+        Verb::ProfileReference => {
+            print!("{}", profile::reference::markdown());
+            Ok(())
+        }
         Verb::Verify { dir } => {
             let files = crate::artifact::verify(dir)?;
             if cli.global.json {

@@ -76,6 +76,8 @@ pub enum Verb {
     },
     /// Write a profile equivalent to an Ansible inventory and group_vars
     ImportAnsible(ImportArgs),
+    /// Print the profile reference (Markdown), generated from the schema
+    ProfileReference,
     /// Print shell completions
     Completions {
         /// Shell to complete for

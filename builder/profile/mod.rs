@@ -6,6 +6,7 @@
 
 pub mod model;
 pub mod plan;
+pub mod reference;
 pub mod schema;
 pub mod select;
 
