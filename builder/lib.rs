@@ -6,9 +6,11 @@
 pub mod artifact;
 pub mod cli;
 pub mod deploy;
+pub mod overlay;
 pub mod pipeline;
 pub mod profile;
 pub mod progress;
+pub mod roles;
 pub mod secrets;
 pub mod store;
 pub mod tools;
