@@ -18,6 +18,7 @@ pub fn slurm_conf(plan: &NodePlan) -> String {
          AuthType=auth/munge\n\
          CredType=cred/munge\n\
          MpiDefault=none\n\
+         MailProg=/bin/true\n\
          ProctrackType=proctrack/cgroup\n\
          TaskPlugin=task/affinity,task/cgroup\n\
          ReturnToService=2\n\
