@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod cli;
 pub mod deploy;
 pub mod import;
+pub mod overlay;
 pub mod pipeline;
 pub mod profile;
 pub mod progress;

@@ -161,3 +161,56 @@ pub fn check_foreign_arch(qemu_name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+// Checkers: the real daemons read chbuild's configuration in the tests
+// (`tests/roles_checkers.rs`), each skipped with a message when missing.
+pub const SSHD: Tool = Tool {
+    program: "/usr/sbin/sshd",
+    package: "openssh-server",
+    why: "to check the sshd configuration",
+};
+pub const SYSTEMD_ANALYZE: Tool = Tool {
+    program: "systemd-analyze",
+    package: "systemd",
+    why: "to verify the systemd units",
+};
+pub const SLURMCTLD: Tool = Tool {
+    program: "/usr/sbin/slurmctld",
+    package: "slurmctld",
+    why: "to check slurm.conf",
+};
+pub const SLURMD: Tool = Tool {
+    program: "/usr/sbin/slurmd",
+    package: "slurmd",
+    why: "to check slurm.conf",
+};
+pub const MUNGED: Tool = Tool {
+    program: "/usr/sbin/munged",
+    package: "munge",
+    why: "to check the munge key",
+};
+pub const MUNGE: Tool = Tool {
+    program: "munge",
+    package: "munge",
+    why: "to encode a credential with the munge key",
+};
+pub const UNMUNGE: Tool = Tool {
+    program: "unmunge",
+    package: "munge",
+    why: "to decode a credential with the munge key",
+};
+pub const EXPORTFS: Tool = Tool {
+    program: "/usr/sbin/exportfs",
+    package: "nfs-kernel-server",
+    why: "to check the NFS exports",
+};
+pub const UNSHARE: Tool = Tool {
+    program: "unshare",
+    package: "util-linux",
+    why: "to check exports in a private mount namespace",
+};
+pub const SETPRIV: Tool = Tool {
+    program: "setpriv",
+    package: "util-linux",
+    why: "to run munged as the tree's munge user",
+};
