@@ -229,7 +229,7 @@ pub fn ingest_archive(archive: &Path, dest: &Path, want_md5: bool) -> Result<Ing
     let mut raw = watch
         .inner
         .finish()
-        .with_context(|| format!("{} is corrupt after its last entry", archive.display()))?;
+        .with_context(|| format!("checking the compressed stream of {}", archive.display()))?;
     // Trailing bytes after the compressed stream still count in the digest.
     io::copy(&mut raw, &mut io::sink()).with_context(context)?;
     let hashes = raw.into_inner().finish();
@@ -312,7 +312,7 @@ fn unpack_entry<R: Read>(
                 bail!("a regular file cannot be the tree root");
             }
             rec.size = entry.size();
-            un.file(&rel, &attrs, entry)?;
+            un.file(&rel, &attrs, rec.size, entry)?;
         }
         EntryType::Directory => {
             rec.kind = EntryKind::Dir;

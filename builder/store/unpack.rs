@@ -170,7 +170,7 @@ impl Unpacker {
         Ok(())
     }
 
-    pub fn file(&mut self, rel: &Path, attrs: &Attrs, data: &mut impl Read) -> Result<()> {
+    pub fn file(&mut self, rel: &Path, attrs: &Attrs, size: u64, data: &mut impl Read) -> Result<()> {
         self.prepare_parent(rel, true)?;
         let full = self.root.join(rel);
         let open = || {
@@ -189,8 +189,12 @@ impl Unpacker {
             r => r,
         }
         .with_context(|| format!("creating {}", full.display()))?;
+        let mut copied = 0u64;
         loop {
             let n = match data.read(&mut self.buf) {
+                Ok(0) if copied < size => {
+                    bail!("the archive ends inside this file ({copied} of {size} bytes)")
+                }
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -198,6 +202,7 @@ impl Unpacker {
             };
             f.write_all(&self.buf[..n])
                 .with_context(|| format!("writing {}", full.display()))?;
+            copied += n as u64;
         }
         // chown clears setuid bits and file capabilities, so it goes first,
         // then the mode, then xattrs; times last.
