@@ -1,9 +1,37 @@
 //! Base store: each base root filesystem is unpacked once into a
 //! content-addressed directory; node trees are hardlinked from it.
+//!
+//! Layout of the store directory:
+//!
+//! ```text
+//! <store>/<digest>/tree/            the unpacked root filesystem
+//! <store>/<digest>/manifest.jsonl   one line per archive entry
+//! <store>/<digest>/meta.json        source, archive sha256, totals
+//! <store>/index/<key>               md5 checksums and local archives -> digest
+//! <store>/downloads/                downloads (kept partial for resuming)
+//! <store>/.tmp-*/                   ingests in progress
+//! <store>/.lock                     held while ingesting or pruning
+//! ```
+//!
+//! An entry is built in a `.tmp-*` sibling and renamed to its digest only
+//! when complete, so whatever is named by a digest is whole.
 
-use crate::profile::Base;
-use anyhow::{bail, Context, Result};
+mod debian;
+mod fetch;
+mod ingest;
+pub mod manifest;
+mod unpack;
+
+use crate::profile::{Base, BaseSource, Checksum, ChecksumAlgorithm};
+use anyhow::{Context, Result};
+use fs4::fs_std::FileExt;
+use manifest::{Meta, META, TREE};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub struct Store {
@@ -26,6 +54,10 @@ pub struct StoreEntry {
     pub size: u64,
 }
 
+const INDEX: &str = "index";
+const DOWNLOADS: &str = "downloads";
+const TMP_PREFIX: &str = ".tmp-";
+
 impl Store {
     /// `~/.cache/chbuild/store` (XDG_CACHE_HOME respected).
     pub fn default_dir() -> PathBuf {
@@ -37,27 +69,283 @@ impl Store {
     }
 
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for d in [dir.to_path_buf(), dir.join(INDEX), dir.join(DOWNLOADS)] {
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
         Ok(Store {
             root: dir.to_path_buf(),
         })
     }
 
     /// The store key of a base, when it can be known without work.
-    pub fn digest_of(&self, _base: &Base) -> Option<String> {
-        None
+    pub fn digest_of(&self, base: &Base) -> Option<String> {
+        match &base.source {
+            BaseSource::Archive { path, checksum } => match checksum {
+                Some(c) if c.algorithm == ChecksumAlgorithm::Sha256 => Some(c.hex.clone()),
+                Some(c) => self.index_get(&md5_key(c)),
+                None => self.index_get(&file_key(path).ok()?),
+            },
+            BaseSource::Url { checksum, .. } => match checksum.algorithm {
+                ChecksumAlgorithm::Sha256 => Some(checksum.hex.clone()),
+                ChecksumAlgorithm::Md5 => self.index_get(&md5_key(checksum)),
+            },
+            BaseSource::Debian(r) => Some(debian::recipe_digest(r)),
+        }
     }
 
     /// Ingest the base unless it is already stored; return its tree.
-    pub fn ensure_base(&self, _base: &Base) -> Result<BaseTree> {
-        bail!("the base store is not yet implemented")
+    pub fn ensure_base(&self, base: &Base) -> Result<BaseTree> {
+        if let Some(t) = self.digest_of(base).and_then(|d| self.complete(&d)) {
+            tracing::debug!("base {} is already in the store", t.digest);
+            return Ok(t);
+        }
+        let _lock = self.lock()?;
+        // Another process may have finished it while we waited.
+        if let Some(t) = self.digest_of(base).and_then(|d| self.complete(&d)) {
+            return Ok(t);
+        }
+        match &base.source {
+            BaseSource::Archive { path, checksum } => {
+                let t = self.ingest(path, checksum.as_ref(), path.display().to_string(), None)?;
+                self.index_put(&file_key(path)?, &t.digest)?;
+                if let Some(c) = checksum.as_ref().filter(|c| c.algorithm == ChecksumAlgorithm::Md5)
+                {
+                    self.index_put(&md5_key(c), &t.digest)?;
+                }
+                Ok(t)
+            }
+            BaseSource::Url { url, checksum } => {
+                let file = fetch::download(url, checksum, &self.root.join(DOWNLOADS))?;
+                let t = self.ingest(&file, Some(checksum), url.clone(), None)?;
+                if checksum.algorithm == ChecksumAlgorithm::Md5 {
+                    self.index_put(&md5_key(checksum), &t.digest)?;
+                }
+                // The tree is what is kept; the archive was only the way in.
+                fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+                Ok(t)
+            }
+            BaseSource::Debian(r) => {
+                debian::check_tools(r)?;
+                let work = self.tempdir()?;
+                let tar = work.path().join("base.tar");
+                debian::build_tar(r, &tar)?;
+                self.ingest(&tar, None, debian::describe(r), Some(debian::recipe_digest(r)))
+            }
+        }
+    }
+
+    /// Unpack `archive` into a temporary entry and rename it to its digest
+    /// (`key`, or the archive's sha256). Called with the lock held.
+    fn ingest(
+        &self,
+        archive: &Path,
+        checksum: Option<&Checksum>,
+        source: String,
+        key: Option<String>,
+    ) -> Result<BaseTree> {
+        let started = std::time::Instant::now();
+        let tmp = self.tempdir()?;
+        let want_md5 = checksum.is_some_and(|c| c.algorithm == ChecksumAlgorithm::Md5);
+        let done = ingest::ingest_archive(archive, tmp.path(), want_md5)?;
+        if let Some(c) = checksum {
+            let actual = match c.algorithm {
+                ChecksumAlgorithm::Sha256 => &done.hashes.sha256,
+                ChecksumAlgorithm::Md5 => &done.hashes.md5,
+            };
+            fetch::verify(&archive.display().to_string(), c, actual)?;
+        }
+        let digest = key.unwrap_or_else(|| done.hashes.sha256.clone());
+        if let Some(t) = self.complete(&digest) {
+            // The same bytes under another name: keep the entry we have.
+            return Ok(t);
+        }
+        let meta = Meta {
+            digest: digest.clone(),
+            source,
+            archive_sha256: done.hashes.sha256.clone(),
+            compression: done.compression.name().into(),
+            entries: done.entries,
+            size: done.size,
+        };
+        manifest::write_meta(&tmp.path().join(META), &meta)?;
+        // Everything on disk before the name says it is complete.
+        let dir = File::open(tmp.path())
+            .with_context(|| format!("opening {}", tmp.path().display()))?;
+        nix::unistd::syncfs(dir.as_raw_fd())
+            .with_context(|| format!("syncing {}", tmp.path().display()))?;
+        let dest = self.root.join(&digest);
+        fs::rename(tmp.path(), &dest).with_context(|| {
+            format!("renaming {} to {}", tmp.path().display(), dest.display())
+        })?;
+        let _ = tmp.keep();
+        sync_dir(&self.root)?;
+        tracing::info!(
+            "stored {} ({} entries, {} MiB) in {:.1} s",
+            digest,
+            done.entries,
+            done.size >> 20,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(BaseTree {
+            digest: digest.clone(),
+            root: dest.join(TREE),
+        })
+    }
+
+    /// The tree of a complete entry.
+    fn complete(&self, digest: &str) -> Option<BaseTree> {
+        let dir = self.root.join(digest);
+        (is_digest(digest) && dir.join(META).is_file()).then(|| BaseTree {
+            digest: digest.to_string(),
+            root: dir.join(TREE),
+        })
     }
 
     pub fn list(&self) -> Result<Vec<StoreEntry>> {
-        Ok(vec![])
+        let mut v = vec![];
+        for name in self.names()? {
+            if self.complete(&name).is_none() {
+                continue;
+            }
+            let meta = manifest::read_meta(&self.root.join(&name).join(META))?;
+            v.push(StoreEntry {
+                digest: name,
+                source: meta.source,
+                size: meta.size,
+            });
+        }
+        Ok(v)
     }
 
-    pub fn gc(&self, _keep: &[String]) -> Result<Vec<String>> {
-        Ok(vec![])
+    /// Remove every entry whose digest is not in `keep`, with unfinished
+    /// ingests, partial downloads and index keys left pointing nowhere.
+    pub fn gc(&self, keep: &[String]) -> Result<Vec<String>> {
+        let _lock = self.lock()?;
+        let mut removed = vec![];
+        for name in self.names()? {
+            let path = self.root.join(&name);
+            if name.starts_with(TMP_PREFIX) {
+                // With the lock held no ingest runs: this one was abandoned.
+                remove_tree(&path)?;
+            } else if self.complete(&name).is_some() && !keep.contains(&name) {
+                // Renamed first so a half-removed entry never looks whole.
+                let doomed = self.root.join(format!("{TMP_PREFIX}gc-{name}"));
+                fs::rename(&path, &doomed)
+                    .with_context(|| format!("renaming {}", path.display()))?;
+                remove_tree(&doomed)?;
+                removed.push(name);
+            }
+        }
+        for dir in [INDEX, DOWNLOADS] {
+            let dir = self.root.join(dir);
+            for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+                let e = e.with_context(|| format!("reading {}", dir.display()))?;
+                let stale = dir.ends_with(DOWNLOADS)
+                    || fs::read_to_string(e.path())
+                        .map(|d| self.complete(d.trim()).is_none())
+                        .unwrap_or(true);
+                if stale {
+                    fs::remove_file(e.path())
+                        .with_context(|| format!("removing {}", e.path().display()))?;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn names(&self) -> Result<Vec<String>> {
+        let mut names = vec![];
+        for e in fs::read_dir(&self.root)
+            .with_context(|| format!("reading {}", self.root.display()))?
+        {
+            let e = e.with_context(|| format!("reading {}", self.root.display()))?;
+            names.push(e.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn tempdir(&self) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempdir_in(&self.root)
+            .with_context(|| format!("creating a temporary directory in {}", self.root.display()))
+    }
+
+    /// Exclusive lock on the store: one ingest or gc at a time.
+    fn lock(&self) -> Result<File> {
+        let path = self.root.join(".lock");
+        let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        if f.try_lock_exclusive().is_err() {
+            tracing::info!("waiting for another chbuild using {}", self.root.display());
+            f.lock_exclusive()
+                .with_context(|| format!("locking {}", path.display()))?;
+        }
+        Ok(f)
+    }
+
+    fn index_get(&self, key: &str) -> Option<String> {
+        let d = fs::read_to_string(self.root.join(INDEX).join(key)).ok()?;
+        let d = d.trim();
+        is_digest(d).then(|| d.to_string())
+    }
+
+    fn index_put(&self, key: &str, digest: &str) -> Result<()> {
+        let path = self.root.join(INDEX).join(key);
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, digest).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))
+    }
+}
+
+fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn md5_key(c: &Checksum) -> String {
+    format!("md5-{}", c.hex)
+}
+
+/// Identity of a local archive without reading it: a changed file (new
+/// size, mtime, ctime or inode) gets a new key and is ingested again.
+fn file_key(path: &Path) -> Result<String> {
+    let abs = fs::canonicalize(path).with_context(|| format!("opening {}", path.display()))?;
+    let md = fs::metadata(&abs).with_context(|| format!("inspecting {}", abs.display()))?;
+    let id = format!(
+        "{}\0{}\0{}\0{}\0{}.{}\0{}.{}",
+        abs.display(),
+        md.dev(),
+        md.ino(),
+        md.size(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec()
+    );
+    Ok(format!("file-{}", hex::encode(Sha256::digest(id.as_bytes()))))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Remove a tree even when the archive made some directories read-only.
+fn remove_tree(path: &Path) -> Result<()> {
+    if fs::remove_dir_all(path).is_ok() {
+        return Ok(());
+    }
+    for e in walkdir::WalkDir::new(path).follow_links(false).into_iter().flatten() {
+        if e.file_type().is_dir() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o700));
+        }
+    }
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
     }
 }
