@@ -133,7 +133,7 @@ pub fn image(
     let secrets = Secrets::load(profile)?;
     let base = store.ensure_base(&profile.base)?;
     let epoch = source_date_epoch(&base)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    create_private_dir(out)?;
     let mut manifest = Manifest::load(out)?
         .filter(|m| m.cluster == profile.name)
         .unwrap_or(Manifest {
@@ -226,6 +226,15 @@ pub fn image(
         out.display()
     );
     Ok(report)
+}
+
+/// The output directory holds node trees and tarballs with secrets in
+/// them: only its owner may enter it.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod {}", dir.display()))
 }
 
 fn count_files(tree: &Path) -> Result<u64> {

@@ -269,3 +269,20 @@ fn image_without_secrets_says_what_to_run() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("chbuild secrets init"), "{err}");
 }
+
+#[test]
+fn artifacts_holding_secrets_are_private() {
+    if !fixture_present() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    image(&["z3"], &out);
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(out.clone()), 0o700);
+    assert_eq!(mode(out.join("z3.tar.zst")), 0o600);
+    assert_eq!(mode(out.join("z3/etc/munge/munge.key")), 0o400);
+    assert_eq!(mode(out.join("z3/etc/ssh/ssh_host_ed25519_key")), 0o600);
+    assert_eq!(mode(out.join("z3/etc/shadow")) & 0o007, 0);
+}

@@ -222,7 +222,18 @@ pub struct TarballInfo {
 /// xattrs as pax records, hardlinks inside the tree as link entries.
 pub fn write_tar_zst(tree: &Path, out: &Path, epoch: i64) -> Result<TarballInfo> {
     let tmp = tmp_sibling(out);
-    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // The tarball carries the node's secrets (munge key, host key, password
+    // hash): it is never readable by others.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::remove_file(&tmp);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?
+    };
     let hashing = HashingWriter {
         inner: BufWriter::new(file),
         hash: Sha256::new(),
