@@ -6,6 +6,8 @@
 pub mod artifact;
 pub mod cli;
 pub mod deploy;
+pub mod device;
+pub mod disk;
 pub mod pipeline;
 pub mod profile;
 pub mod progress;
