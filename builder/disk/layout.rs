@@ -41,9 +41,9 @@ pub struct Layout {
     pub root_margin: u64,
 }
 
-/// The default layout: MBR.
+/// The default layout (MBR), relative like the default profile.
 pub fn default_layout_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("images/sd-mbr.toml")
+    PathBuf::from("images/sd-mbr.toml")
 }
 
 pub fn load_layout(path: &Path) -> Result<Layout> {
