@@ -67,7 +67,9 @@ mod ioctl {
 }
 
 fn read_trim(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// The sysfs directory of a device number.
@@ -291,19 +293,29 @@ pub fn confirm(
         if target.removable { ", removable" } else { "" },
         image.display()
     )?;
-    write!(out, "Everything on {} will be lost. Type yes to go on: ", target.path.display())?;
+    write!(
+        out,
+        "Everything on {} will be lost. Type yes to go on: ",
+        target.path.display()
+    )?;
     out.flush()?;
     let mut answer = String::new();
     input.read_line(&mut answer)?;
     if answer.trim() != "yes" {
-        bail!("not confirmed: nothing was written to {}", target.path.display());
+        bail!(
+            "not confirmed: nothing was written to {}",
+            target.path.display()
+        );
     }
     Ok(())
 }
 
 fn describe_partitions(dev: &Path) -> String {
     let listing = tools::LSBLK.command().and_then(|mut c| {
-        tools::run_json(c.args(["-J", "-b", "-o", "NAME,SIZE,FSTYPE,LABEL"]).arg(dev))
+        tools::run_json(
+            c.args(["-J", "-b", "-o", "NAME,SIZE,FSTYPE,LABEL"])
+                .arg(dev),
+        )
     });
     let Ok(v) = listing else {
         return "  (lsblk could not list them)".into();
@@ -334,11 +346,17 @@ fn describe_partitions(dev: &Path) -> String {
 const FIRST: u64 = 1 << 20;
 
 /// Write `image` to the whole block device `dev` following its bmap.
-pub fn write_image(image: &Path, bmap_path: &Path, dev: &Path, opts: &WriteOptions) -> Result<WriteReport> {
+pub fn write_image(
+    image: &Path,
+    bmap_path: &Path,
+    dev: &Path,
+    opts: &WriteOptions,
+) -> Result<WriteReport> {
     let started = std::time::Instant::now();
     let text = std::fs::read_to_string(bmap_path)
         .with_context(|| format!("reading {}", bmap_path.display()))?;
-    let map = bmap::parse_bmap(&text).with_context(|| format!("parsing {}", bmap_path.display()))?;
+    let map =
+        bmap::parse_bmap(&text).with_context(|| format!("parsing {}", bmap_path.display()))?;
     let img = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let img_len = img
         .metadata()
@@ -379,7 +397,10 @@ pub fn write_image(image: &Path, bmap_path: &Path, dev: &Path, opts: &WriteOptio
             if let Err(e) = ioctl::reread_partitions(back.as_raw_fd()) {
                 // Loop devices without partition scanning say EINVAL: the
                 // image is written all the same.
-                tracing::warn!("could not re-read the partition table of {}: {e}", dev.display());
+                tracing::warn!(
+                    "could not re-read the partition table of {}: {e}",
+                    dev.display()
+                );
             }
             let verified = verify(&back, &map, dev)?;
             Ok(WriteReport {
@@ -463,9 +484,17 @@ fn copy_ranges(img: &File, out: &File, map: &BlockMap, dev: &Path, image: &Path)
 fn verify(dev_file: &File, map: &BlockMap, dev: &Path) -> Result<usize> {
     use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
     // Drop cached pages so the reads come from the device.
-    let _ = posix_fadvise(dev_file.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    let _ = posix_fadvise(
+        dev_file.as_raw_fd(),
+        0,
+        0,
+        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
     let bs = map.block_size;
-    let mut progress = Progress::bytes(&format!("verifying {}", dev.display()), Some(map.mapped_bytes()));
+    let mut progress = Progress::bytes(
+        &format!("verifying {}", dev.display()),
+        Some(map.mapped_bytes()),
+    );
     let mut buf = vec![0u8; 4 << 20];
     for r in &map.ranges {
         let start = r.offset(bs);
@@ -511,16 +540,40 @@ mod tests {
     #[test]
     fn confirmation_needs_a_terminal_and_a_yes() {
         let mut out = Vec::new();
-        let e = confirm(&target(), Path::new("p5.img"), "", false, &mut &b"yes\n"[..], &mut out)
-            .unwrap_err();
+        let e = confirm(
+            &target(),
+            Path::new("p5.img"),
+            "",
+            false,
+            &mut &b"yes\n"[..],
+            &mut out,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("--yes"), "{e}");
-        let e = confirm(&target(), Path::new("p5.img"), "", true, &mut &b"y\n"[..], &mut out)
-            .unwrap_err();
+        let e = confirm(
+            &target(),
+            Path::new("p5.img"),
+            "",
+            true,
+            &mut &b"y\n"[..],
+            &mut out,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not confirmed"), "{e}");
         let mut out = Vec::new();
-        confirm(&target(), Path::new("p5.img"), "  sdz1", true, &mut &b"yes\n"[..], &mut out).unwrap();
+        confirm(
+            &target(),
+            Path::new("p5.img"),
+            "  sdz1",
+            true,
+            &mut &b"yes\n"[..],
+            &mut out,
+        )
+        .unwrap();
         let shown = String::from_utf8(out).unwrap();
-        assert!(shown.contains("Card Reader") && shown.contains("32.0 GB") && shown.contains("sdz1"));
+        assert!(
+            shown.contains("Card Reader") && shown.contains("32.0 GB") && shown.contains("sdz1")
+        );
     }
 
     #[test]

@@ -42,7 +42,8 @@ impl Loop {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         if !node.exists() {
-            let dev = std::fs::read_to_string(&sys).unwrap_or_else(|e| panic!("{}: {e}", sys.display()));
+            let dev =
+                std::fs::read_to_string(&sys).unwrap_or_else(|e| panic!("{}: {e}", sys.display()));
             let (maj, min) = dev.trim().split_once(':').unwrap();
             run(Command::new("mknod").arg(&node).args(["b", maj, min]));
             self.1.borrow_mut().push(node.clone());
@@ -84,7 +85,11 @@ fn small_image(dir: &Path) -> SdImage {
     std::fs::write(tree.join("etc/hostname"), "p5\n").unwrap();
     std::fs::write(tree.join("usr/bin/tool"), vec![7u8; 3 << 20]).unwrap();
     std::fs::write(tree.join("boot/firmware/config.txt"), "arm_64bit=1\n").unwrap();
-    std::fs::write(tree.join("boot/firmware/cmdline.txt"), "console=serial0,115200 root=/dev/mmcblk0p2 rootwait\n").unwrap();
+    std::fs::write(
+        tree.join("boot/firmware/cmdline.txt"),
+        "console=serial0,115200 root=/dev/mmcblk0p2 rootwait\n",
+    )
+    .unwrap();
     std::fs::write(tree.join("boot/firmware/kernel8.img"), vec![9u8; 2 << 20]).unwrap();
     let layout = parse_layout(
         "table='mbr'\nalignment_mib=4\nboot_size_mib=64\nroot_margin_mib=16\n",
@@ -126,7 +131,8 @@ fn write_and_verify_on_a_loop_device() {
     }
     drop(f);
     let lo = Loop::new(&card, true);
-    let map = chbuild::disk::bmap::parse_bmap(&std::fs::read_to_string(&img.bmap).unwrap()).unwrap();
+    let map =
+        chbuild::disk::bmap::parse_bmap(&std::fs::read_to_string(&img.bmap).unwrap()).unwrap();
     let report = write_image(&img.image, &img.bmap, &lo.0, &yes_force()).unwrap();
     assert_eq!(report.bytes_written, map.mapped_bytes());
     assert!(report.bytes_written < img.size);
@@ -136,7 +142,10 @@ fn write_and_verify_on_a_loop_device() {
         report.bytes_written, img.size, report.ranges_verified, report.seconds
     );
     // The device's mapped blocks equal the image's.
-    let (card_f, img_f) = (std::fs::File::open(&lo.0).unwrap(), std::fs::File::open(&img.image).unwrap());
+    let (card_f, img_f) = (
+        std::fs::File::open(&lo.0).unwrap(),
+        std::fs::File::open(&img.image).unwrap(),
+    );
     for r in &map.ranges {
         let (off, len) = (r.offset(4096), r.len(4096) as usize);
         let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
@@ -176,7 +185,10 @@ fn refuses_a_partition() {
     let lo = Loop::new(&disk, true);
     let e = check_target(&lo.part(2), 1, true).unwrap_err();
     let text = format!("{e:#}");
-    assert!(text.contains("is a partition") && text.contains(&lo.0.display().to_string()), "{text}");
+    assert!(
+        text.contains("is a partition") && text.contains(&lo.0.display().to_string()),
+        "{text}"
+    );
 }
 
 #[test]
@@ -186,7 +198,10 @@ fn refuses_a_device_smaller_than_the_image() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = small_image(dir.path());
-    let lo = Loop::new(&sparse_file(&dir.path().join("small"), img.size - (4 << 20)), false);
+    let lo = Loop::new(
+        &sparse_file(&dir.path().join("small"), img.size - (4 << 20)),
+        false,
+    );
     let e = write_image(&img.image, &img.bmap, &lo.0, &yes_force()).unwrap_err();
     assert!(format!("{e:#}").contains("smaller than the image"), "{e:#}");
 }
@@ -199,7 +214,9 @@ fn refuses_a_device_with_a_mounted_file_system() {
     let dir = tempfile::tempdir().unwrap();
     let img = small_image(dir.path());
     let backing = sparse_file(&dir.path().join("fs"), img.size * 2);
-    run(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4"]).arg(&backing));
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4"])
+        .arg(&backing));
     let lo = Loop::new(&backing, false);
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -207,7 +224,10 @@ fn refuses_a_device_with_a_mounted_file_system() {
     let _m = Mount(mnt.clone());
     let e = write_image(&img.image, &img.bmap, &lo.0, &yes_force()).unwrap_err();
     let text = format!("{e:#}");
-    assert!(text.contains("in use") && text.contains("mounted on"), "{text}");
+    assert!(
+        text.contains("in use") && text.contains("mounted on"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -222,11 +242,17 @@ fn refuses_a_disk_whose_partition_is_mounted() {
     let lo = Loop::new(&disk, true);
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    run(Command::new("mount").args(["-o", "ro"]).arg(lo.part(2)).arg(&mnt));
+    run(Command::new("mount")
+        .args(["-o", "ro"])
+        .arg(lo.part(2))
+        .arg(&mnt));
     let _m = Mount(mnt.clone());
     let e = check_target(&lo.0, 1, true).unwrap_err();
     let text = format!("{e:#}");
-    assert!(text.contains(&format!("{} is mounted on", lo.part(2).display())), "{text}");
+    assert!(
+        text.contains(&format!("{} is mounted on", lo.part(2).display())),
+        "{text}"
+    );
 }
 
 #[test]
@@ -245,7 +271,10 @@ fn refuses_a_non_removable_device_without_force() {
     assert!(format!("{e:#}").contains("not a removable device"), "{e:#}");
     // Nothing was written.
     let mut head = vec![0u8; 512];
-    std::fs::File::open(&lo.0).unwrap().read_exact_at(&mut head, 0).unwrap();
+    std::fs::File::open(&lo.0)
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
     assert!(head.iter().all(|&b| b == 0));
 }
 

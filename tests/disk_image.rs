@@ -44,7 +44,11 @@ fn mbr_image_passes_the_tools() {
     // Partition table.
     let t = sfdisk(&img);
     assert_eq!(t["label"], "dos");
-    let sig = t["id"].as_str().unwrap().trim_start_matches("0x").to_string();
+    let sig = t["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("0x")
+        .to_string();
     assert_eq!(sig.len(), 8);
     let parts = t["partitions"].as_array().unwrap();
     assert_eq!(parts.len(), 2);
@@ -67,10 +71,19 @@ fn mbr_image_passes_the_tools() {
         .arg("-i")
         .arg(format!("{}@@{off}", img.display()))
         .args(["-/", "-b", "::"]));
-    for f in ["config.txt", "cmdline.txt", "kernel8.img", "ssh", "overlays/disable-bt-with-a-long-name.dtbo"] {
+    for f in [
+        "config.txt",
+        "cmdline.txt",
+        "kernel8.img",
+        "ssh",
+        "overlays/disable-bt-with-a-long-name.dtbo",
+    ] {
         assert!(listing.contains(f), "{f} missing from the FAT:\n{listing}");
     }
-    assert_eq!(mdir_type(&img, off, "config.txt"), "arm_64bit=1\nenable_uart=1\n");
+    assert_eq!(
+        mdir_type(&img, off, "config.txt"),
+        "arm_64bit=1\nenable_uart=1\n"
+    );
     assert_eq!(
         mdir_type(&img, off, "cmdline.txt"),
         format!("console=serial0,115200 root=PARTUUID={sig}-02 rootfstype=ext4 rootwait\n")
@@ -90,7 +103,10 @@ fn mbr_image_passes_the_tools() {
     let root = extract_partition(&img, 2, &dir.path().join("root.ext4"));
     run(Command::new("e2fsck").arg("-fn").arg(&root));
     let dumpe2fs = run(Command::new("dumpe2fs").arg("-h").arg(&root));
-    assert!(dumpe2fs.contains("Filesystem volume name:   rootfs"), "{dumpe2fs}");
+    assert!(
+        dumpe2fs.contains("Filesystem volume name:   rootfs"),
+        "{dumpe2fs}"
+    );
     assert!(!dumpe2fs.contains("orphan_file"), "{dumpe2fs}");
     let debugfs = |req: &str| run(Command::new("debugfs").arg("-R").arg(req).arg(&root));
     let passwd = debugfs("stat /usr/bin/passwd");
@@ -99,7 +115,11 @@ fn mbr_image_passes_the_tools() {
     let shadow = debugfs("stat /etc/shadow");
     assert!(shadow.contains("Group:    42"), "{shadow}");
     let boot_ls = debugfs("ls -l /boot/firmware");
-    assert_eq!(boot_ls.lines().filter(|l| !l.trim().is_empty()).count(), 2, "{boot_ls}");
+    assert_eq!(
+        boot_ls.lines().filter(|l| !l.trim().is_empty()).count(),
+        2,
+        "{boot_ls}"
+    );
     let fstab = debugfs("cat /etc/fstab");
     assert!(
         fstab.starts_with(&format!(
@@ -108,18 +128,30 @@ fn mbr_image_passes_the_tools() {
         "{fstab}"
     );
     let unit = debugfs("cat /etc/systemd/system/chbuild-grow-rootfs.service");
-    assert!(unit.contains("ExecStart=/usr/local/sbin/chbuild-grow-rootfs"), "{unit}");
-    let wants = debugfs("stat /etc/systemd/system/multi-user.target.wants/chbuild-grow-rootfs.service");
+    assert!(
+        unit.contains("ExecStart=/usr/local/sbin/chbuild-grow-rootfs"),
+        "{unit}"
+    );
+    let wants =
+        debugfs("stat /etc/systemd/system/multi-user.target.wants/chbuild-grow-rootfs.service");
     assert!(wants.contains("Type: symlink"), "{wants}");
     let script = debugfs("stat /usr/local/sbin/chbuild-grow-rootfs");
     assert!(script.contains("Mode:  0755"), "{script}");
     let root_dir = debugfs("stat /");
-    assert!(root_dir.contains("User:     0   Group:     0"), "{root_dir}");
+    assert!(
+        root_dir.contains("User:     0   Group:     0"),
+        "{root_dir}"
+    );
 
     // The bmap: valid for bmaptool, and its copy equals the image.
     let bmap_text = std::fs::read_to_string(&r.bmap).unwrap();
     let map = chbuild::disk::bmap::parse_bmap(&bmap_text).unwrap();
-    assert!(map.mapped_bytes() < r.size / 2, "bmap maps {} of {}", map.mapped_bytes(), r.size);
+    assert!(
+        map.mapped_bytes() < r.size / 2,
+        "bmap maps {} of {}",
+        map.mapped_bytes(),
+        r.size
+    );
     if chbuild::tools::which("bmaptool").is_some() {
         let copy = dir.path().join("copy.img");
         run(Command::new("bmaptool")
@@ -156,13 +188,21 @@ fn gpt_image_passes_the_tools() {
         assert!(v.contains("No problems found"), "{v}");
     }
     let cmdline = mdir_type(&img, 8192 * 512, "cmdline.txt");
-    assert!(cmdline.contains(&format!("root=PARTUUID={root_uuid} ")), "{cmdline}");
+    assert!(
+        cmdline.contains(&format!("root=PARTUUID={root_uuid} ")),
+        "{cmdline}"
+    );
     let fat = extract_partition(&img, 1, &dir.path().join("boot.fat"));
     run(Command::new("fsck.vfat").arg("-n").arg(&fat));
     let root = extract_partition(&img, 2, &dir.path().join("root.ext4"));
     run(Command::new("e2fsck").arg("-fn").arg(&root));
-    let fstab = run(Command::new("debugfs").args(["-R", "cat /etc/fstab"]).arg(&root));
-    assert!(fstab.starts_with(&format!("PARTUUID={root_uuid}  /  ext4")), "{fstab}");
+    let fstab = run(Command::new("debugfs")
+        .args(["-R", "cat /etc/fstab"])
+        .arg(&root));
+    assert!(
+        fstab.starts_with(&format!("PARTUUID={root_uuid}  /  ext4")),
+        "{fstab}"
+    );
 }
 
 #[test]
@@ -174,8 +214,22 @@ fn two_builds_are_byte_identical() {
     // Two different staging trees of the same content, as two runs make.
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let lay = layout("sd-mbr.toml");
-    let ra = build_sd_image(&plan(), &node_tree(a.path()), &lay, &a.path().join("p5.img"), EPOCH).unwrap();
-    let rb = build_sd_image(&plan(), &node_tree(b.path()), &lay, &b.path().join("p5.img"), EPOCH).unwrap();
+    let ra = build_sd_image(
+        &plan(),
+        &node_tree(a.path()),
+        &lay,
+        &a.path().join("p5.img"),
+        EPOCH,
+    )
+    .unwrap();
+    let rb = build_sd_image(
+        &plan(),
+        &node_tree(b.path()),
+        &lay,
+        &b.path().join("p5.img"),
+        EPOCH,
+    )
+    .unwrap();
     assert_eq!(ra.sha256, rb.sha256);
     assert_eq!(
         std::fs::read(&ra.bmap).unwrap(),

@@ -8,7 +8,6 @@ use nix::unistd::{lseek, Whence};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -81,56 +80,104 @@ fn data_ranges(f: &File, size: u64) -> Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-/// Map the image and hash it in one pass: returns the block map and the
-/// SHA256 of the whole image (holes read as zeros).
-pub fn map_image(image: &Path) -> Result<(BlockMap, String)> {
-    let mut f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+/// Feed `[from, to)` of the image to `h`, reading only the data spans and
+/// feeding zeros for holes (no read syscalls for the empty parts).
+fn hash_span(
+    f: &File,
+    h: &mut Sha256,
+    spans: &[(u64, u64)],
+    from: u64,
+    to: u64,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = from;
+    let feed_zeros = |h: &mut Sha256, mut n: u64| {
+        while n > 0 {
+            let k = n.min(ZEROS.len() as u64) as usize;
+            h.update(&ZEROS[..k]);
+            n -= k as u64;
+        }
+    };
+    for &(first, last) in spans {
+        let start = (first * BLOCK_SIZE).max(from);
+        let end = ((last + 1) * BLOCK_SIZE).min(to);
+        if start >= end {
+            continue;
+        }
+        feed_zeros(h, start - pos);
+        pos = start;
+        while pos < end {
+            let n = (end - pos).min(buf.len() as u64) as usize;
+            f.read_exact_at(&mut buf[..n], pos)?;
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
+    }
+    feed_zeros(h, to.saturating_sub(pos));
+    Ok(())
+}
+
+/// The hash of the image's first `end` bytes, computed while the rest of
+/// the image is still being made (the builder overlaps it with mke2fs).
+pub struct PrefixHash {
+    end: u64,
+    state: Sha256,
+}
+
+pub fn hash_prefix(image: &Path, end: u64) -> Result<PrefixHash> {
+    let f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let spans = data_ranges(&f, end).with_context(|| format!("mapping {}", image.display()))?;
+    let mut state = Sha256::new();
+    hash_span(&f, &mut state, &spans, 0, end)
+        .with_context(|| format!("reading {}", image.display()))?;
+    Ok(PrefixHash { end, state })
+}
+
+/// Map the image and hash it: the block map with a checksum per range, and
+/// the SHA256 of the whole image (holes read as zeros). The two hashes run
+/// on two threads; `prefix` is a head start on the whole-image hash.
+pub fn map_image(image: &Path, prefix: Option<PrefixHash>) -> Result<(BlockMap, String)> {
+    let f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let size = f
         .metadata()
         .with_context(|| format!("reading {}", image.display()))?
         .len();
     let spans = data_ranges(&f, size).with_context(|| format!("mapping {}", image.display()))?;
-    let mut whole = Sha256::new();
-    let zeros = vec![0u8; 1 << 20];
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    let mut ranges = Vec::with_capacity(spans.len());
-    for (first, last) in spans {
-        let start = first * BLOCK_SIZE;
-        let end = ((last + 1) * BLOCK_SIZE).min(size);
-        while pos < start {
-            let n = (start - pos).min(zeros.len() as u64) as usize;
-            whole.update(&zeros[..n]);
-            pos += n as u64;
-        }
-        f.seek(SeekFrom::Start(start))
-            .with_context(|| format!("reading {}", image.display()))?;
-        let mut h = Sha256::new();
-        while pos < end {
-            let n = (end - pos).min(buf.len() as u64) as usize;
-            f.read_exact(&mut buf[..n])
-                .with_context(|| format!("reading {}", image.display()))?;
-            h.update(&buf[..n]);
-            whole.update(&buf[..n]);
-            pos += n as u64;
-        }
-        ranges.push(Range {
-            first,
-            last,
-            sha256: hex::encode(h.finalize()),
+    let (from, mut whole) = match prefix {
+        Some(p) if p.end <= size => (p.end, p.state),
+        _ => (0, Sha256::new()),
+    };
+    let (ranges, whole) = std::thread::scope(|s| -> Result<_> {
+        let ranges = s.spawn(|| -> std::io::Result<Vec<Range>> {
+            let mut out = Vec::with_capacity(spans.len());
+            for &(first, last) in &spans {
+                let mut h = Sha256::new();
+                let end = ((last + 1) * BLOCK_SIZE).min(size);
+                hash_span(&f, &mut h, &[(first, last)], first * BLOCK_SIZE, end)?;
+                out.push(Range {
+                    first,
+                    last,
+                    sha256: hex::encode(h.finalize()),
+                });
+            }
+            Ok(out)
         });
-    }
-    while pos < size {
-        let n = (size - pos).min(zeros.len() as u64) as usize;
-        whole.update(&zeros[..n]);
-        pos += n as u64;
-    }
+        hash_span(&f, &mut whole, &spans, from, size)
+            .with_context(|| format!("reading {}", image.display()))?;
+        let ranges = ranges
+            .join()
+            .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))?
+            .with_context(|| format!("reading {}", image.display()))?;
+        Ok((ranges, hex::encode(whole.finalize())))
+    })?;
     let map = BlockMap {
         image_size: size,
         block_size: BLOCK_SIZE,
         ranges,
     };
-    Ok((map, hex::encode(whole.finalize())))
+    Ok((map, whole))
 }
 
 const ZERO_SUM: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -153,7 +200,11 @@ pub fn render_bmap(map: &BlockMap) -> String {
     x.push_str("    <BlockMap>\n");
     for r in &map.ranges {
         if r.first == r.last {
-            let _ = writeln!(x, "        <Range chksum=\"{}\"> {} </Range>", r.sha256, r.first);
+            let _ = writeln!(
+                x,
+                "        <Range chksum=\"{}\"> {} </Range>",
+                r.sha256, r.first
+            );
         } else {
             let _ = writeln!(
                 x,
@@ -209,10 +260,7 @@ pub fn parse_bmap(text: &str) -> Result<BlockMap> {
             continue;
         };
         let el = &part[i..];
-        let q = el
-            .find("chksum=\"")
-            .context("a <Range> without chksum")?
-            + 8;
+        let q = el.find("chksum=\"").context("a <Range> without chksum")? + 8;
         let sha = &el[q..q + 64.min(el.len() - q)];
         let body = el[el.find('>').context("bad <Range>")? + 1..].trim();
         let (first, last) = match body.split_once('-') {
@@ -235,7 +283,8 @@ pub fn parse_bmap(text: &str) -> Result<BlockMap> {
         ranges,
     };
     ensure!(map.block_size > 0, "block size 0");
-    if map.blocks_count() != num("BlocksCount")? || map.mapped_blocks() != num("MappedBlocksCount")? {
+    if map.blocks_count() != num("BlocksCount")? || map.mapped_blocks() != num("MappedBlocksCount")?
+    {
         bail!("the bmap's block counts do not match its ranges");
     }
     Ok(map)
@@ -243,7 +292,11 @@ pub fn parse_bmap(text: &str) -> Result<BlockMap> {
 
 /// Write `<image>.bmap` and `<image>.sha256` (sha256sum format) beside the
 /// image, each through a temp file and a rename.
-pub fn write_sidecars(image: &Path, map: &BlockMap, sha256: &str) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+pub fn write_sidecars(
+    image: &Path,
+    map: &BlockMap,
+    sha256: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let name = image
         .file_name()
         .context("the image path has no file name")?
@@ -270,8 +323,13 @@ mod tests {
         f.write_all_at(&[1u8; 10], 0).unwrap();
         f.write_all_at(&[2u8; 8192], 32 << 20).unwrap();
         drop(f);
-        let (map, whole) = map_image(&img).unwrap();
+        let (map, whole) = map_image(&img, None).unwrap();
         assert_eq!(map.ranges.len(), 2);
+        let prefix = hash_prefix(&img, 16 << 20).unwrap();
+        assert_eq!(
+            map_image(&img, Some(prefix)).unwrap(),
+            (map.clone(), whole.clone())
+        );
         assert_eq!(map.ranges[0].first, 0);
         assert!(map.mapped_bytes() >= 8192 + 10 && map.mapped_bytes() < (4 << 20));
         let expect = hex::encode(Sha256::digest(std::fs::read(&img).unwrap()));

@@ -124,14 +124,20 @@ pub fn fs_size(usage: TreeUsage, margin: u64, align: u64) -> u64 {
 /// and ignores SOURCE_DATE_EPOCH: images would differ from run to run.
 fn check_version() -> Result<()> {
     let out = tools::run(tools::MKE2FS.command()?.arg("-V"))?;
-    let text = String::from_utf8_lossy(&out.stderr).into_owned()
-        + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     let ver = text
         .split_whitespace()
         .nth(1)
         .unwrap_or("")
         .split('.')
-        .map(|p| p.split('-').next().unwrap_or("").parse::<u32>().unwrap_or(0))
+        .map(|p| {
+            p.split('-')
+                .next()
+                .unwrap_or("")
+                .parse::<u32>()
+                .unwrap_or(0)
+        })
         .collect::<Vec<_>>();
     if ver.len() >= 2 && (ver[0], ver[1], ver.get(2).copied().unwrap_or(0)) >= (1, 47, 1) {
         return Ok(());
@@ -162,7 +168,9 @@ pub fn make_ext4(
     let mut cmd = tools::MKE2FS.command()?;
     cmd.env("MKE2FS_CONFIG", &conf)
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
-        .args(["-F", "-q", "-t", "ext4", "-b", "4096", "-I", "256", "-L", "rootfs"])
+        .args([
+            "-F", "-q", "-t", "ext4", "-b", "4096", "-I", "256", "-L", "rootfs",
+        ])
         .args(["-U", uuid, "-N", &inodes.to_string()])
         // nodiscard: the image file is fresh, and a discard would let
         // mke2fs mark inode tables as zeroed, which blocks left out of the

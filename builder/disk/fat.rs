@@ -159,7 +159,10 @@ pub fn write_fat(
 ) -> Result<u64> {
     let mut disk = SparseBuf::new(size);
     let mut label_bytes = [b' '; 11];
-    for (d, s) in label_bytes.iter_mut().zip(label.to_ascii_uppercase().bytes()) {
+    for (d, s) in label_bytes
+        .iter_mut()
+        .zip(label.to_ascii_uppercase().bytes())
+    {
         *d = s;
     }
     // Clusters as mkfs.fat picks them: 4 KiB from 260 MiB up, else 512 B,
@@ -224,7 +227,8 @@ fn copy_dir<T: fatfs::ReadWriteSeek>(dir: &fatfs::Dir<T>, src: &Path, root: &Pat
         } else {
             path.clone()
         };
-        let meta = std::fs::metadata(&real).with_context(|| format!("reading {}", real.display()))?;
+        let meta =
+            std::fs::metadata(&real).with_context(|| format!("reading {}", real.display()))?;
         if meta.is_dir() {
             let sub = dir
                 .create_dir(name)

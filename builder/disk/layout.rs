@@ -105,11 +105,10 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_and_key() {
-        let e = parse(
-            "table='mbr'\nalignment_mib=4\nboot_size_mib=256\nroot_margin_mib=1\nbot=1\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let e =
+            parse("table='mbr'\nalignment_mib=4\nboot_size_mib=256\nroot_margin_mib=1\nbot=1\n")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("lay.toml") && e.contains("bot"), "{e}");
     }
 

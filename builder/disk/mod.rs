@@ -152,12 +152,12 @@ pub fn build_sd_image(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
 
     // Size: the tree (without the boot files) plus the layout's margin.
     let usage = ext4::measure(tree, &boot_dir)?;
     let mut root_size = ext4::fs_size(usage, layout.root_margin, layout.alignment);
+    tracing::debug!(elapsed = ?started.elapsed(), ?usage, root_size, "measured the tree");
 
     let tmp = tempfile::Builder::new()
         .prefix(".chbuild-sd-")
@@ -172,6 +172,7 @@ pub fn build_sd_image(
     };
     // A misestimated size is retried larger: deterministic, so two builds
     // still agree.
+    let mut head = None;
     for attempt in 0.. {
         let (parts, total) = geometry(layout, root_size);
         let f = tmp.as_file();
@@ -190,25 +191,39 @@ pub fn build_sd_image(
             "bootfs",
             epoch,
         )?;
-        let fitted = {
-            let _aside = treefix::BootAside::new(tree, boot_rel)?;
-            let inodes = ext4::inode_count(usage, root_size);
-            ext4::make_ext4(
-                &img,
-                parts[1].start,
-                parts[1].size,
-                inodes,
-                tree,
-                &fs_uuid,
-                epoch,
-            )?
-        };
+        tracing::debug!(elapsed = ?started.elapsed(), "boot partition written");
+        // The image before the root partition is final: hash it while
+        // mke2fs runs (it uses about one core of two).
+        let (fitted, prefix) = std::thread::scope(|sc| -> Result<_> {
+            let prefix = sc.spawn(|| bmap::hash_prefix(&img, parts[1].start));
+            let fitted = {
+                let _aside = treefix::BootAside::new(tree, boot_rel)?;
+                let inodes = ext4::inode_count(usage, root_size);
+                ext4::make_ext4(
+                    &img,
+                    parts[1].start,
+                    parts[1].size,
+                    inodes,
+                    tree,
+                    &fs_uuid,
+                    epoch,
+                )?
+            };
+            let prefix = prefix
+                .join()
+                .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))??;
+            Ok((fitted, prefix))
+        })?;
         if fitted {
             // mke2fs must not have touched the table it was given.
             let again = table::read_partuuids(&img, layout.table)?;
             if again != partuuids {
-                bail!("the partition table changed while building {}", img.display());
+                bail!(
+                    "the partition table changed while building {}",
+                    img.display()
+                );
             }
+            head = Some(prefix);
             break;
         }
         if attempt >= 3 {
@@ -219,13 +234,18 @@ pub fn build_sd_image(
             );
         }
         root_size = (root_size + root_size / 4).div_ceil(layout.alignment) * layout.alignment;
-        tracing::info!("root file system too small, retrying with {} MiB", root_size >> 20);
+        tracing::info!(
+            "root file system too small, retrying with {} MiB",
+            root_size >> 20
+        );
     }
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("flushing {}", img.display()))?;
     set_mode(&img, 0o644)?;
-    let (map, sha256) = bmap::map_image(&img)?;
+    tracing::debug!(elapsed = ?started.elapsed(), "root partition written");
+    let (map, sha256) = bmap::map_image(&img, head)?;
+    tracing::debug!(elapsed = ?started.elapsed(), "image mapped and hashed");
     let size = map.image_size;
     tmp.persist(out)
         .with_context(|| format!("renaming the image to {}", out.display()))?;
@@ -349,7 +369,9 @@ mod tests {
     fn compressed_copies_decompress_to_the_image() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("a.img");
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         std::fs::write(&img, &data).unwrap();
         let z = compress_image(&img, Compress::Zst).unwrap();
         assert_eq!(z.file_name().unwrap(), "a.img.zst");

@@ -80,9 +80,8 @@ fn write_gpt(f: &mut File, parts: [Extent; 2], ids: &TableIds) -> Result<()> {
     let len = f.metadata().context("reading the image size")?.len();
     let total_lba = len / SECTOR;
     // The gpt crate does not write the protective MBR: do it first.
-    let pmbr = gpt::mbr::ProtectiveMBR::with_lb_size(
-        u32::try_from(total_lba - 1).unwrap_or(u32::MAX),
-    );
+    let pmbr =
+        gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total_lba - 1).unwrap_or(u32::MAX));
     pmbr.overwrite_lba0(f)
         .context("writing the protective MBR")?;
     let mut disk = gpt::GptConfig::new()

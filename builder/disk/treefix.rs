@@ -125,7 +125,8 @@ impl DirTimes {
     fn restore(self) -> Result<()> {
         // Deepest first: restoring a child changes nothing above it.
         for (d, t) in self.0.iter().rev() {
-            filetime::set_file_mtime(d, *t).with_context(|| format!("setting the time of {}", d.display()))?;
+            filetime::set_file_mtime(d, *t)
+                .with_context(|| format!("setting the time of {}", d.display()))?;
         }
         Ok(())
     }
@@ -148,7 +149,8 @@ fn ensure_dirs(tree: &Path, rel: &Path, times: &mut DirTimes) -> Result<()> {
         let next = cur.join(c);
         if !next.exists() {
             times.keep(&cur)?;
-            let pm = std::fs::metadata(&cur).with_context(|| format!("reading {}", cur.display()))?;
+            let pm =
+                std::fs::metadata(&cur).with_context(|| format!("reading {}", cur.display()))?;
             std::fs::create_dir(&next).with_context(|| format!("creating {}", next.display()))?;
             std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755))
                 .with_context(|| format!("setting the mode of {}", next.display()))?;
@@ -162,7 +164,14 @@ fn ensure_dirs(tree: &Path, rel: &Path, times: &mut DirTimes) -> Result<()> {
 /// Replace (or create) `rel` in the tree with `data`: a new file beside
 /// it, owner and mode of the old one (or root-ish defaults), mtime =
 /// SOURCE_DATE_EPOCH, renamed over. Never writes into an existing file.
-fn replace_file(tree: &Path, rel: &str, data: &[u8], mode: u32, epoch: u64, times: &mut DirTimes) -> Result<()> {
+fn replace_file(
+    tree: &Path,
+    rel: &str,
+    data: &[u8],
+    mode: u32,
+    epoch: u64,
+    times: &mut DirTimes,
+) -> Result<()> {
     use std::io::Write;
     let path = tree.join(rel);
     let dir = path.parent().context("no parent")?;
@@ -171,7 +180,8 @@ fn replace_file(tree: &Path, rel: &str, data: &[u8], mode: u32, epoch: u64, time
     let (uid, gid, mode) = match std::fs::symlink_metadata(&path) {
         Ok(m) if m.is_file() => (m.uid(), m.gid(), m.mode() & 0o7777),
         _ => {
-            let pm = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+            let pm =
+                std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
             (pm.uid(), pm.gid(), mode)
         }
     };
@@ -193,7 +203,13 @@ fn replace_file(tree: &Path, rel: &str, data: &[u8], mode: u32, epoch: u64, time
 }
 
 /// A symlink made beside and renamed over, like the files.
-fn replace_symlink(tree: &Path, rel: &str, target: &str, epoch: u64, times: &mut DirTimes) -> Result<()> {
+fn replace_symlink(
+    tree: &Path,
+    rel: &str,
+    target: &str,
+    epoch: u64,
+    times: &mut DirTimes,
+) -> Result<()> {
     let path = tree.join(rel);
     let dir = path.parent().context("no parent")?;
     ensure_dirs(tree, dir.strip_prefix(tree).unwrap_or(Path::new("")), times)?;
@@ -213,7 +229,12 @@ fn replace_symlink(tree: &Path, rel: &str, target: &str, epoch: u64, times: &mut
 
 /// Point cmdline.txt and fstab at the partitions, install the first-boot
 /// grow step. `partuuids` are boot and root, as read from the table.
-pub fn point_tree_at(tree: &Path, boot_rel: &Path, partuuids: &[String; 2], epoch: u64) -> Result<()> {
+pub fn point_tree_at(
+    tree: &Path,
+    boot_rel: &Path,
+    partuuids: &[String; 2],
+    epoch: u64,
+) -> Result<()> {
     let mut times = DirTimes::new();
     let boot = boot_rel.to_string_lossy();
     let cmdline_rel = format!("{boot}/cmdline.txt");
@@ -242,8 +263,22 @@ pub fn point_tree_at(tree: &Path, boot_rel: &Path, partuuids: &[String; 2], epoc
     }
 
     let unit_rel = format!("etc/systemd/system/{GROW_UNIT}");
-    replace_file(tree, GROW_SCRIPT, grow_script().as_bytes(), 0o755, epoch, &mut times)?;
-    replace_file(tree, &unit_rel, grow_unit().as_bytes(), 0o644, epoch, &mut times)?;
+    replace_file(
+        tree,
+        GROW_SCRIPT,
+        grow_script().as_bytes(),
+        0o755,
+        epoch,
+        &mut times,
+    )?;
+    replace_file(
+        tree,
+        &unit_rel,
+        grow_unit().as_bytes(),
+        0o644,
+        epoch,
+        &mut times,
+    )?;
     replace_symlink(
         tree,
         &format!("etc/systemd/system/multi-user.target.wants/{GROW_UNIT}"),
@@ -267,7 +302,8 @@ impl BootAside {
     pub fn new(tree: &Path, boot_rel: &Path) -> Result<BootAside> {
         let boot = tree.join(boot_rel);
         let parent = boot.parent().context("boot directory has no parent")?;
-        let pm = std::fs::metadata(parent).with_context(|| format!("reading {}", parent.display()))?;
+        let pm =
+            std::fs::metadata(parent).with_context(|| format!("reading {}", parent.display()))?;
         let bm = std::fs::metadata(&boot).with_context(|| format!("reading {}", boot.display()))?;
         // Beside the tree, on the same file system, outside what mke2fs copies.
         let outer = tree
@@ -304,8 +340,7 @@ impl Drop for BootAside {
         };
         let aside = holder.path().join("boot");
         // remove_dir refuses a non-empty directory: nothing is ever lost.
-        let res = std::fs::remove_dir(&self.boot)
-            .and_then(|_| std::fs::rename(&aside, &self.boot));
+        let res = std::fs::remove_dir(&self.boot).and_then(|_| std::fs::rename(&aside, &self.boot));
         match res {
             Ok(()) => {
                 if let Some(p) = self.boot.parent() {
@@ -364,7 +399,11 @@ mod tests {
         let tree = d.path().join("tree");
         std::fs::create_dir_all(tree.join("etc")).unwrap();
         std::fs::create_dir_all(tree.join("boot/firmware")).unwrap();
-        std::fs::write(d.path().join("store-fstab"), "/dev/sda1 / ext4 defaults 0 1\n").unwrap();
+        std::fs::write(
+            d.path().join("store-fstab"),
+            "/dev/sda1 / ext4 defaults 0 1\n",
+        )
+        .unwrap();
         std::fs::hard_link(d.path().join("store-fstab"), tree.join("etc/fstab")).unwrap();
         let ids = ["00000001-01".to_string(), "00000001-02".to_string()];
         point_tree_at(&tree, Path::new("boot/firmware"), &ids, 1_700_000_000).unwrap();
@@ -376,7 +415,9 @@ mod tests {
         assert!(f.starts_with("PARTUUID=00000001-02  /  ext4"), "{f}");
         let c = std::fs::read_to_string(tree.join("boot/firmware/cmdline.txt")).unwrap();
         assert!(c.contains("root=PARTUUID=00000001-02"), "{c}");
-        let link = tree.join(format!("etc/systemd/system/multi-user.target.wants/{GROW_UNIT}"));
+        let link = tree.join(format!(
+            "etc/systemd/system/multi-user.target.wants/{GROW_UNIT}"
+        ));
         assert_eq!(
             std::fs::read_link(link).unwrap(),
             Path::new("/etc/systemd/system").join(GROW_UNIT)
@@ -388,7 +429,12 @@ mod tests {
         // The boot directory moves aside and comes back with its files.
         {
             let _a = BootAside::new(&tree, Path::new("boot/firmware")).unwrap();
-            assert_eq!(std::fs::read_dir(tree.join("boot/firmware")).unwrap().count(), 0);
+            assert_eq!(
+                std::fs::read_dir(tree.join("boot/firmware"))
+                    .unwrap()
+                    .count(),
+                0
+            );
         }
         assert!(tree.join("boot/firmware/cmdline.txt").is_file());
     }

@@ -15,12 +15,15 @@ pub fn is_root() -> bool {
 }
 
 pub fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/debian-bookworm-arm64-minbase.tar.xz")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/debian-bookworm-arm64-minbase.tar.xz")
 }
 
 /// Run a command, panic with its stderr on failure, return stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -68,21 +71,34 @@ pub fn node_tree(dir: &Path) -> PathBuf {
     )
     .unwrap();
     // A fake kernel with content that is not all zeros, 3 MiB.
-    let kernel: Vec<u8> = (0..3u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
+    let kernel: Vec<u8> = (0..3u32 << 18)
+        .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+        .collect();
     std::fs::write(boot.join("kernel8.img"), kernel).unwrap();
-    std::fs::write(boot.join("overlays/disable-bt-with-a-long-name.dtbo"), b"dtbo").unwrap();
+    std::fs::write(
+        boot.join("overlays/disable-bt-with-a-long-name.dtbo"),
+        b"dtbo",
+    )
+    .unwrap();
     std::fs::write(boot.join("ssh"), b"").unwrap();
     tree
 }
 
 pub fn plan() -> NodePlan {
-    let p = chbuild::profile::load_profile(&Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/clusterhat.toml"))
-        .unwrap();
+    let p = chbuild::profile::load_profile(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/clusterhat.toml"),
+    )
+    .unwrap();
     p.plan(p.node("p5").unwrap())
 }
 
 pub fn layout(name: &str) -> chbuild::disk::Layout {
-    chbuild::disk::load_layout(&Path::new(env!("CARGO_MANIFEST_DIR")).join("images").join(name)).unwrap()
+    chbuild::disk::load_layout(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("images")
+            .join(name),
+    )
+    .unwrap()
 }
 
 /// sfdisk's view of the image: (label, id, [(start sector, sectors, type)]).
@@ -99,7 +115,12 @@ pub fn extract_partition(img: &Path, n: usize, dst: &Path) -> PathBuf {
     run(Command::new("dd")
         .arg(format!("if={}", img.display()))
         .arg(format!("of={}", dst.display()))
-        .args(["bs=1M", "conv=sparse", "status=none", "iflag=skip_bytes,count_bytes"])
+        .args([
+            "bs=1M",
+            "conv=sparse",
+            "status=none",
+            "iflag=skip_bytes,count_bytes",
+        ])
         .arg(format!("skip={}", start * 512))
         .arg(format!("count={}", size * 512)));
     dst.to_path_buf()
