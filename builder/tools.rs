@@ -20,6 +20,11 @@ pub const MKE2FS: Tool = Tool {
     package: "e2fsprogs (>= 1.47.1, from bookworm-backports on Debian 12)",
     why: "to build the ext4 root partition",
 };
+pub const LSBLK: Tool = Tool {
+    program: "lsblk",
+    package: "util-linux",
+    why: "to show a device's partitions before it is overwritten",
+};
 pub const MMDEBSTRAP: Tool = Tool {
     program: "mmdebstrap",
     package: "mmdebstrap",
