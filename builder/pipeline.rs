@@ -36,6 +36,20 @@ pub fn source_date_epoch(base: &BaseTree) -> Result<i64> {
     Ok(m.mtime().max(0))
 }
 
+/// The inputs hash of one node with the profile's overlay directories.
+fn node_inputs(
+    profile: &Profile,
+    plan: &NodePlan,
+    base: &BaseTree,
+    epoch: i64,
+    secrets: &Secrets,
+) -> Result<String> {
+    let overlay_dirs: Vec<PathBuf> = std::iter::once(overlays_dir(profile))
+        .chain(profile.overlay_dir.clone())
+        .collect();
+    inputs_hash(plan, base, epoch, secrets, &overlay_dirs)
+}
+
 /// Everything a node's tree depends on, hashed: rebuilding after a change
 /// touches only the nodes whose inputs changed. Secrets enter as a hash.
 fn inputs_hash(
@@ -81,11 +95,7 @@ fn inputs_hash(
 /// found walking up from the profile's directory (`profiles/` sits next to
 /// it in a checkout), else the one chbuild was built from.
 pub fn overlays_dir(profile: &Profile) -> PathBuf {
-    let dir = std::fs::canonicalize(profile.dir()).unwrap_or_else(|_| profile.dir().to_path_buf());
-    dir.ancestors()
-        .map(|a| a.join("overlays"))
-        .find(|o| o.is_dir())
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays"))
+    shipped(profile, "overlays")
 }
 
 /// Compose one node's tree at `dest` (a temporary path) and bake every
@@ -155,13 +165,10 @@ pub fn image(
         built: vec![],
         unchanged: vec![],
     };
-    let overlay_dirs: Vec<PathBuf> = std::iter::once(overlays_dir(profile))
-        .chain(profile.overlay_dir.clone())
-        .collect();
     for name in nodes {
         let node = profile.node(name).expect("selection returns known nodes");
         let plan = profile.plan(node);
-        let inputs = inputs_hash(&plan, &base, epoch, &secrets, &overlay_dirs)?;
+        let inputs = node_inputs(profile, &plan, &base, epoch, &secrets)?;
         let tree = out.join(name);
         let tarball_name = format!("{name}.tar.zst");
         let want_tar = format == Format::TarZst;
@@ -275,12 +282,118 @@ fn swap_tree(new: &Path, dest: &Path) -> Result<()> {
     }
 }
 
-pub fn sd(
-    _profile: &Profile,
-    _store: &Store,
-    _node: &str,
-    _args: &SdArgs,
-    _json: bool,
-) -> Result<()> {
-    anyhow::bail!("`chbuild sd` is not yet implemented")
+/// Find a file shipped with chbuild (`overlays/`, `images/...`): walking up
+/// from the profile's directory, else where chbuild was built from.
+fn shipped(profile: &Profile, rel: &str) -> PathBuf {
+    let dir = std::fs::canonicalize(profile.dir()).unwrap_or_else(|_| profile.dir().to_path_buf());
+    dir.ancestors()
+        .map(|a| a.join(rel))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+}
+
+#[derive(Debug, Serialize)]
+pub struct SdReport {
+    pub node: String,
+    pub image: crate::disk::SdImage,
+    pub reused: bool,
+    pub compressed: Option<PathBuf>,
+    pub written: Option<crate::device::WriteReport>,
+}
+
+/// Build (or reuse) the SD card image of an SD-booted node; optionally
+/// compress it and write it to a card.
+pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdArgs) -> Result<SdReport> {
+    let n = profile.node(node).expect("selection returns known nodes");
+    let plan = profile.plan(n);
+    if plan.kind != crate::profile::NodeKind::Sd {
+        return Err(crate::cli::UsageError(format!(
+            "{node} is a usbboot Zero, booted over NFS by ClusterCTRL: it has no SD card image (use `chbuild image {node}` and `chbuild deploy {node}`)"
+        ))
+        .into());
+    }
+    let layout_path = args.layout.clone().unwrap_or_else(|| {
+        shipped(
+            profile,
+            &crate::disk::default_layout_path().to_string_lossy(),
+        )
+    });
+    let layout = crate::disk::load_layout(&layout_path)?;
+    let image_path = match &args.output {
+        Some(p) => p.clone(),
+        None => {
+            let dir = artifact::default_output_dir(profile);
+            create_private_dir(&dir)?;
+            dir.join(format!("{node}.img"))
+        }
+    };
+    let dir = image_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let secrets = Secrets::load(profile)?;
+    let base = store.ensure_base(&profile.base)?;
+    let epoch = source_date_epoch(&base)?;
+    let layout_text = std::fs::read(&layout_path)
+        .with_context(|| format!("reading {}", layout_path.display()))?;
+    let inputs = format!(
+        "{}-{}",
+        node_inputs(profile, &plan, &base, epoch, &secrets)?,
+        hex::encode(Sha256::digest(&layout_text))
+    );
+    let stamp = image_path.with_file_name(format!(
+        ".{}.inputs",
+        image_path.file_name().unwrap().to_string_lossy()
+    ));
+    let sha_file = crate::disk::sha256_path(&image_path);
+    let reused = image_path.exists()
+        && sha_file.exists()
+        && std::fs::read_to_string(&stamp)
+            .map(|s| s == inputs)
+            .unwrap_or(false);
+    let image = if reused {
+        tracing::info!("{node}: {} is up to date, reused", image_path.display());
+        crate::disk::SdImage::existing(&image_path)?
+    } else {
+        let _ = std::fs::remove_file(&stamp);
+        let tree = dir.join(format!(".{node}.sd-tree"));
+        build_tree(profile, &plan, &base, &secrets, &tree, epoch)?;
+        let started = Instant::now();
+        let built = crate::disk::build_sd_image(&plan, &tree, &layout, &image_path, epoch as u64);
+        crate::tree::remove_tree(&tree)?;
+        let built = built?;
+        tracing::info!(
+            "{node}: {} ({} MiB) in {:.1?}",
+            image_path.display(),
+            built.size >> 20,
+            started.elapsed()
+        );
+        artifact::write_atomic(&stamp, inputs.as_bytes())?;
+        built
+    };
+    let compressed = match args.compress {
+        Some(kind) => Some(crate::disk::compress_image(&image_path, kind)?),
+        None => None,
+    };
+    let written = match &args.dev {
+        Some(dev) => Some(crate::device::write_image(
+            &image.image,
+            &image.bmap,
+            dev,
+            &crate::device::WriteOptions {
+                yes: args.yes,
+                force: args.force,
+            },
+        )?),
+        None => None,
+    };
+    Ok(SdReport {
+        node: node.to_string(),
+        image,
+        reused,
+        compressed,
+        written,
+    })
 }

@@ -70,7 +70,11 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
             let p = load(cli)?;
             let nodes = select(&p, std::slice::from_ref(&args.node))?;
             let st = store(cli)?;
-            crate::pipeline::sd(&p, &st, &nodes[0], args, cli.global.json)
+            let report = crate::pipeline::sd(&p, &st, &nodes[0], args)?;
+            if cli.global.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
         }
         Verb::Deploy(args) => {
             let p = load(cli)?;

@@ -303,7 +303,7 @@ pub fn write_sidecars(
         .to_string_lossy()
         .into_owned();
     let bmap = image.with_file_name(format!("{name}.bmap"));
-    let sums = image.with_file_name(format!("{name}.sha256"));
+    let sums = super::sha256_path(image);
     super::write_atomic(&bmap, render_bmap(map).as_bytes())?;
     super::write_atomic(&sums, format!("{sha256}  {name}\n").as_bytes())?;
     Ok((bmap, sums))

@@ -242,7 +242,8 @@ pub fn build_sd_image(
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("flushing {}", img.display()))?;
-    set_mode(&img, 0o644)?;
+    // The image holds the node's secrets (munge key, host key, shadow).
+    set_mode(&img, 0o600)?;
     tracing::debug!(elapsed = ?started.elapsed(), "root partition written");
     let (map, sha256) = bmap::map_image(&img, head)?;
     tracing::debug!(elapsed = ?started.elapsed(), "image mapped and hashed");
@@ -264,6 +265,36 @@ pub fn build_sd_image(
         sha256,
         size,
     })
+}
+
+/// `<image>.sha256`, the checksum file written beside an image.
+pub fn sha256_path(image: &Path) -> PathBuf {
+    let name = image.file_name().unwrap_or_default().to_string_lossy();
+    image.with_file_name(format!("{name}.sha256"))
+}
+
+impl SdImage {
+    /// Describe an image built earlier, from its sidecar files.
+    pub fn existing(image: &Path) -> Result<SdImage> {
+        let sha256_file = sha256_path(image);
+        let text = std::fs::read_to_string(&sha256_file)
+            .with_context(|| format!("reading {}", sha256_file.display()))?;
+        let sha256 = text
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let name = image.file_name().unwrap_or_default().to_string_lossy();
+        Ok(SdImage {
+            image: image.to_path_buf(),
+            bmap: image.with_file_name(format!("{name}.bmap")),
+            sha256_file,
+            sha256,
+            size: std::fs::metadata(image)
+                .with_context(|| format!("reading {}", image.display()))?
+                .len(),
+        })
+    }
 }
 
 /// Write `<image>.zst` or `<image>.xz` beside the image (reproducibly:
@@ -318,7 +349,8 @@ pub fn compress_image(image: &Path, kind: Compress) -> Result<PathBuf> {
     progress.finish();
     file.sync_all()
         .with_context(|| format!("flushing {}", out.display()))?;
-    set_mode(tmp.path(), 0o644)?;
+    // A compressed image holds the same secrets as the image.
+    set_mode(tmp.path(), 0o600)?;
     tmp.persist(&out)
         .with_context(|| format!("renaming into {}", out.display()))?;
     Ok(out)
