@@ -563,12 +563,25 @@ fn wait_for_ssh(plan: &NodePlan, secs: u64) -> Result<()> {
                 plan.name
             );
         }
-        if std::net::TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(2))).is_ok() {
+        if probe_ssh(addr, left.min(Duration::from_secs(2))) {
             tracing::info!("{}: SSH is up", plan.name);
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(500).min(left));
     }
+}
+
+/// Whether an SSH server answers at `addr`: a connection alone is not
+/// enough (a proxy or a half-up network stack accepts connections too), the
+/// server's `SSH-` greeting must arrive.
+fn probe_ssh(addr: std::net::SocketAddr, timeout: Duration) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut greeting = [0u8; 4];
+    s.read_exact(&mut greeting).is_ok() && &greeting == b"SSH-"
 }
 
 fn uninstall(cli: &Cli, args: &DeployArgs, plans: &[NodePlan], nfs: &Path) -> Result<()> {
@@ -677,4 +690,34 @@ pub fn rollback(profile: &Profile, args: &RollbackArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_probe_needs_the_greeting() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut silent, _) = l.accept().unwrap();
+            let (mut ssh, _) = l.accept().unwrap();
+            ssh.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            silent.write_all(b"").unwrap();
+        });
+        assert!(!probe_ssh(addr, Duration::from_millis(200)));
+        assert!(probe_ssh(addr, Duration::from_secs(2)));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn marker_round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join(MARKER), marker_text("abc", "z1")).unwrap();
+        assert_eq!(deployed_build(t.path()).as_deref(), Some("abc"));
+        assert_eq!(deployed_build(&t.path().join("none")), None);
+    }
 }
