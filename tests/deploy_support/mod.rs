@@ -208,6 +208,27 @@ pub fn make_output(dir: &Path, nodes: &[NodeSpec], bundle: bool) -> BTreeMap<Str
     ids
 }
 
+/// The chbuild binary this test was built with, pinned by a hard link: the
+/// target directory may be shared with other checkouts whose builds
+/// replace `target/debug/chbuild` while a long test runs.
+pub fn chbuild_bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = PathBuf::from(env!("CARGO_BIN_EXE_chbuild"));
+        let stem = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "tests".into());
+        let dst = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chbuild-for-{stem}"));
+        let _ = fs::remove_file(&dst);
+        if fs::hard_link(&src, &dst).is_ok() {
+            dst
+        } else {
+            src
+        }
+    })
+}
+
 /// A controller root, test doubles on PATH, and a call log.
 pub struct Env {
     pub tmp: tempfile::TempDir,
@@ -307,7 +328,7 @@ impl Env {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_chbuild"));
+        let mut c = Command::new(chbuild_bin());
         let path = format!(
             "{}:{}",
             self.bin.display(),
