@@ -44,12 +44,20 @@ fn kill_after(env: &Env, args: &[&str], sleep: &str, delay: Duration) {
 
 fn timed(env: &Env, args: &[&str], sleep: &str) -> Duration {
     let t = Instant::now();
-    let o = env.command(args).env("CHBUILD_TEST_SLEEP", sleep).output().unwrap();
+    let o = env
+        .command(args)
+        .env("CHBUILD_TEST_SLEEP", sleep)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     t.elapsed()
 }
 
-fn state(p1: &std::path::Path, old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> &'static str {
+fn state(
+    p1: &std::path::Path,
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> &'static str {
     let s = snapshot(p1);
     if &s == old {
         "old"
@@ -70,7 +78,10 @@ fn sigkill_anywhere_leaves_old_or_new_tree() {
     };
     make_output(&a, &[spec("A")], false);
     make_output(&b, &[spec("B")], true);
-    let (a, b) = (a.to_string_lossy().into_owned(), b.to_string_lossy().into_owned());
+    let (a, b) = (
+        a.to_string_lossy().into_owned(),
+        b.to_string_lossy().into_owned(),
+    );
     let deploy_a = ["deploy", "z1", "--output", a.as_str()];
     let deploy_b = ["deploy", "z1", "--bundle", b.as_str(), "--force"];
     let sleep = "0.05";
@@ -99,12 +110,18 @@ fn sigkill_anywhere_leaves_old_or_new_tree() {
             i if i % 2 == 1 => 0.75 + rng.next_f64() * 0.35,
             _ => rng.next_f64() * 1.1,
         };
-        let delay = full.mul_f64(frac) + if frac > 1.5 { Duration::from_secs(1) } else { Duration::ZERO };
+        let delay = full.mul_f64(frac)
+            + if frac > 1.5 {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
         kill_after(&env, &deploy_b, sleep, delay);
         let left = leftovers(&env.nfs());
         let st = match state(&p1, &old, &new) {
-            "old" if left.iter().any(|n| n.contains(".staging-"))
-                && !left.iter().any(|n| n.ends_with(".chbuild-txn")) =>
+            "old"
+                if left.iter().any(|n| n.contains(".staging-"))
+                    && !left.iter().any(|n| n.ends_with(".chbuild-txn")) =>
             {
                 "old (killed while staging)"
             }
@@ -121,7 +138,11 @@ fn sigkill_anywhere_leaves_old_or_new_tree() {
         // The next deploy recovers: back to A, nothing left over.
         let log = env.ok(&deploy_a);
         assert_eq!(snapshot(&p1), old, "round {i}: recovery deploy\n{log}");
-        assert!(leftovers(&env.nfs()).is_empty(), "round {i}: {:?}", leftovers(&env.nfs()));
+        assert!(
+            leftovers(&env.nfs()).is_empty(),
+            "round {i}: {:?}",
+            leftovers(&env.nfs())
+        );
     }
     eprintln!("outcomes after SIGKILL over {rounds} rounds (full deploy {full:?}): {seen:?}");
     assert!(
@@ -140,7 +161,10 @@ fn sigkill_during_usbboot_init_is_undone_by_the_next_run() {
     };
     make_output(&a, &[spec("A")], false);
     make_output(&b, &[spec("B")], false);
-    let (a, b) = (a.to_string_lossy().into_owned(), b.to_string_lossy().into_owned());
+    let (a, b) = (
+        a.to_string_lossy().into_owned(),
+        b.to_string_lossy().into_owned(),
+    );
     let deploy_a = ["deploy", "z1", "--output", a.as_str()];
     let deploy_b = ["deploy", "z1", "--output", b.as_str(), "--force"];
     // usbboot-init sleeps between its hostname and cmdline edits.
@@ -168,7 +192,10 @@ fn sigkill_during_usbboot_init_is_undone_by_the_next_run() {
             "mixed" if pending => "in usbboot-init",
             other => other,
         };
-        assert_ne!(st, "mixed", "round {i}: killed after {delay:?}: p1 is neither tree and no journal");
+        assert_ne!(
+            st, "mixed",
+            "round {i}: killed after {delay:?}: p1 is neither tree and no journal"
+        );
         *seen.entry(st).or_default() += 1;
 
         let log = env.ok(&deploy_a);
@@ -176,8 +203,15 @@ fn sigkill_during_usbboot_init_is_undone_by_the_next_run() {
         if st == "in usbboot-init" {
             assert!(log.contains("interrupted deploy was undone"), "{log}");
         }
-        assert!(leftovers(&env.nfs()).is_empty(), "round {i}: {:?}", leftovers(&env.nfs()));
+        assert!(
+            leftovers(&env.nfs()).is_empty(),
+            "round {i}: {:?}",
+            leftovers(&env.nfs())
+        );
     }
     eprintln!("outcomes after SIGKILL (full deploy {full:?}): {seen:?}");
-    assert!(seen.contains_key("in usbboot-init"), "no kill landed in usbboot-init: {seen:?}");
+    assert!(
+        seen.contains_key("in usbboot-init"),
+        "no kill landed in usbboot-init: {seen:?}"
+    );
 }

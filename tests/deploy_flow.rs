@@ -6,7 +6,11 @@ mod deploy_support;
 use deploy_support::*;
 use std::fs;
 
-fn out(env: &Env, name: &str, nodes: &[NodeSpec]) -> (String, std::collections::BTreeMap<String, String>) {
+fn out(
+    env: &Env,
+    name: &str,
+    nodes: &[NodeSpec],
+) -> (String, std::collections::BTreeMap<String, String>) {
     let dir = env.path(name);
     let ids = make_output(&dir, nodes, false);
     (dir.to_string_lossy().into_owned(), ids)
@@ -18,7 +22,10 @@ fn first_deploy_then_unchanged() {
     let (a, ids) = out(&env, "a", &[NodeSpec::new("z1", 1, "A")]);
     let log = env.ok(&["deploy", "z1", "--output", &a]);
     assert!(log.contains("usbboot-init skipped"), "{log}");
-    assert_eq!(env.take_calls(), vec!["clusterctrl status", "clusterctrl on p1"]);
+    assert_eq!(
+        env.take_calls(),
+        vec!["clusterctrl status", "clusterctrl on p1"]
+    );
     let p1 = env.nfs().join("p1");
     assert_eq!(
         snapshot_without_marker(&p1),
@@ -30,8 +37,14 @@ fn first_deploy_then_unchanged() {
     );
     // usr/ is shared with the output tree, etc/ is not.
     let ino = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
-    assert_eq!(ino(&p1.join("usr/bin/hello")), ino(&env.path("a/z1/usr/bin/hello")));
-    assert_ne!(ino(&p1.join("etc/hostname")), ino(&env.path("a/z1/etc/hostname")));
+    assert_eq!(
+        ino(&p1.join("usr/bin/hello")),
+        ino(&env.path("a/z1/usr/bin/hello"))
+    );
+    assert_ne!(
+        ino(&p1.join("etc/hostname")),
+        ino(&env.path("a/z1/etc/hostname"))
+    );
     assert!(env.is_on("p1"));
 
     // The same build again changes nothing and says so.
@@ -48,7 +61,11 @@ fn first_deploy_then_unchanged() {
     env.ok(&["deploy", "z1", "--output", &a, "--force"]);
     assert_eq!(
         env.take_calls(),
-        vec!["clusterctrl status", "clusterctrl off p1", "clusterctrl on p1"]
+        vec![
+            "clusterctrl status",
+            "clusterctrl off p1",
+            "clusterctrl on p1"
+        ]
     );
     assert!(leftovers(&env.nfs()).is_empty());
 }
@@ -56,8 +73,16 @@ fn first_deploy_then_unchanged() {
 #[test]
 fn redeploy_keeps_prev_and_rollback_swaps_back() {
     let env = Env::new();
-    let (a, ids_a) = out(&env, "a", &[NodeSpec::new("z1", 1, "A"), NodeSpec::new("z2", 2, "A")]);
-    let (b, ids_b) = out(&env, "b", &[NodeSpec::new("z1", 1, "B"), NodeSpec::new("z2", 2, "B")]);
+    let (a, ids_a) = out(
+        &env,
+        "a",
+        &[NodeSpec::new("z1", 1, "A"), NodeSpec::new("z2", 2, "A")],
+    );
+    let (b, ids_b) = out(
+        &env,
+        "b",
+        &[NodeSpec::new("z1", 1, "B"), NodeSpec::new("z2", 2, "B")],
+    );
     // Default: every usbboot node of the profile that was built... z3 and z4
     // were not, so select explicitly.
     env.ok(&["deploy", "z1,z2", "--output", &a]);
@@ -68,7 +93,11 @@ fn redeploy_keeps_prev_and_rollback_swaps_back() {
     env.ok(&["deploy", "z1", "--output", &b]);
     assert_eq!(
         env.take_calls(),
-        vec!["clusterctrl status", "clusterctrl off p1", "clusterctrl on p1"]
+        vec![
+            "clusterctrl status",
+            "clusterctrl off p1",
+            "clusterctrl on p1"
+        ]
     );
     let snap_b = snapshot(&p1);
     assert_eq!(snapshot(&env.nfs().join("p1.prev")), snap_a);
@@ -81,7 +110,11 @@ fn redeploy_keeps_prev_and_rollback_swaps_back() {
     assert!(log.contains("rolled back"), "{log}");
     assert_eq!(
         env.take_calls(),
-        vec!["clusterctrl status", "clusterctrl off p1", "clusterctrl on p1"]
+        vec![
+            "clusterctrl status",
+            "clusterctrl off p1",
+            "clusterctrl on p1"
+        ]
     );
     assert_eq!(snapshot(&p1), snap_a);
     assert_eq!(snapshot(&env.nfs().join("p1.prev")), snap_b);
@@ -120,7 +153,10 @@ fn official_tree_runs_usbboot_init_and_keeps_profile_hostname() {
     );
     let p1 = env.nfs().join("p1");
     assert_eq!(read(&p1.join("etc/hostname")), "z1\n");
-    assert_eq!(read(&p1.join("etc/hosts")), "127.0.0.1\tlocalhost\n127.0.1.1\tz1\n");
+    assert_eq!(
+        read(&p1.join("etc/hosts")),
+        "127.0.0.1\tlocalhost\n127.0.1.1\tz1\n"
+    );
     let cmdline = read(&p1.join("boot/firmware/cmdline.txt"));
     assert!(cmdline.contains("nfsroot=172.19.180.254:/var/lib/clusterctrl/nfs/p1 rw"));
     assert!(cmdline.contains("ip=172.19.180.1:172.19.180.254::255.255.255.0:p1:usb0.10:static"));
@@ -152,7 +188,10 @@ fn failing_usbboot_init_puts_old_tree_back_and_leaves_node_off() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("did not take effect"), "{err}");
-    assert!(err.contains("Input/output error"), "the tool's output is shown: {err}");
+    assert!(
+        err.contains("Input/output error"),
+        "the tool's output is shown: {err}"
+    );
     assert!(err.contains("left powered off"), "{err}");
     assert_eq!(
         env.take_calls(),
@@ -225,7 +264,10 @@ fn uninstall_powers_off_and_removes_trees() {
     assert!(env.nfs().join("p1").exists());
     env.take_calls();
     env.ok(&["deploy", "--uninstall", "z1"]);
-    assert_eq!(env.take_calls(), vec!["clusterctrl status", "clusterctrl off p1"]);
+    assert_eq!(
+        env.take_calls(),
+        vec!["clusterctrl status", "clusterctrl off p1"]
+    );
     assert!(!env.nfs().join("p1").exists());
     assert!(!env.nfs().join("p1.prev").exists());
     assert!(leftovers(&env.nfs()).is_empty());
@@ -242,7 +284,10 @@ fn bundle_is_verified_before_anything_changes() {
     let reference = env.path("ref");
     make_tree(&reference, &NodeSpec::new("z1", 1, "A"));
     let p1 = env.nfs().join("p1");
-    assert_eq!(snapshot_without_marker(&p1), snapshot_without_marker(&reference));
+    assert_eq!(
+        snapshot_without_marker(&p1),
+        snapshot_without_marker(&reference)
+    );
     let ino = |p: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p1.join(p)).unwrap());
     assert_eq!(ino("usr/bin/hello"), ino("usr/bin/hello-again"));
     env.take_calls();
@@ -320,7 +365,10 @@ fn wait_for_ssh_gives_up_after_its_timeout() {
     let o = env.run(&["deploy", "z1", "--output", &a, "--wait-for-ssh", "1"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains("did not answer on 172.19.181.1:22 within 1 s"), "{err}");
+    assert!(
+        err.contains("did not answer on 172.19.181.1:22 within 1 s"),
+        "{err}"
+    );
     assert!(t.elapsed().as_secs() < 20);
     // The deploy itself stands.
     assert!(env.is_on("p1"));

@@ -61,7 +61,9 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        let s = parse_status("clusterhat:1\nhat_version:2.3\np1:1\np2:0\np3:ON\np4:off\nthrottled:0x0\n");
+        let s = parse_status(
+            "clusterhat:1\nhat_version:2.3\np1:1\np2:0\np3:ON\np4:off\nthrottled:0x0\n",
+        );
         assert_eq!(
             s.into_iter().collect::<Vec<_>>(),
             vec![(1, true), (2, false), (3, true), (4, false)]

@@ -63,8 +63,7 @@ fn usbboot_plans(profile: &Profile, nodes: &[String]) -> Result<Vec<NodePlan>> {
             .map(|n| n.name.clone())
             .collect()
     } else {
-        crate::profile::select_nodes(profile, nodes)
-            .map_err(|e| UsageError(format!("{e:#}")))?
+        crate::profile::select_nodes(profile, nodes).map_err(|e| UsageError(format!("{e:#}")))?
     };
     let mut plans = Vec::new();
     for name in names {
@@ -173,9 +172,15 @@ fn prerequisites(
                 ));
             }
         }
-        Err(e) => missing.push(format!("cannot read the file system of {}: {e}", at.display())),
+        Err(e) => missing.push(format!(
+            "cannot read the file system of {}: {e}",
+            at.display()
+        )),
     }
     match nix::sys::statvfs::statvfs(&at) {
+        // The casts matter on 32-bit (armhf) controllers, where these
+        // counters are 32-bit and their product overflows.
+        #[allow(clippy::unnecessary_cast)]
         Ok(v) => {
             let free = v.blocks_available() as u64 * v.fragment_size() as u64;
             // Some room beyond the data itself: directories and metadata.
@@ -196,7 +201,10 @@ fn prerequisites(
                 ));
             }
         }
-        Err(e) => missing.push(format!("cannot read the free space of {}: {e}", at.display())),
+        Err(e) => missing.push(format!(
+            "cannot read the free space of {}: {e}",
+            at.display()
+        )),
     }
     missing
 }
@@ -257,21 +265,31 @@ impl Job<'_> {
             Content::Tree(_) => "a copy of the tree",
             Content::Tarball { .. } => "unpacking the tarball",
         };
-        s.push(format!("stage .{p}.staging-{} by {how} from {}", std::process::id(), self.src.describe()));
+        s.push(format!(
+            "stage .{p}.staging-{} by {how} from {}",
+            std::process::id(),
+            self.src.describe()
+        ));
         if self.exists {
             s.push(format!("swap it with {p}; keep the old tree as {p}.prev"));
         } else {
             s.push(format!("rename it to {p} (first deploy)"));
         }
         if self.run_init {
-            s.push(format!("run usbboot-init {}, check its effects, set hostname {}", self.slot, self.plan.hostname));
+            s.push(format!(
+                "run usbboot-init {}, check its effects, set hostname {}",
+                self.slot, self.plan.hostname
+            ));
         } else {
             s.push(format!("usbboot-init {}", self.init_note()));
         }
         if !args.no_power && !args.no_power_on {
             s.push(format!("power on {p}"));
             if let Some(secs) = args.wait_for_ssh {
-                s.push(format!("wait up to {secs} s for SSH on {}:22", self.plan.address));
+                s.push(format!(
+                    "wait up to {secs} s for SSH on {}:22",
+                    self.plan.address
+                ));
             }
         }
         s
@@ -301,7 +319,11 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
     } else {
         Some(lock::acquire(&nfs)?)
     };
-    let d = if nfs.is_dir() { Some(NfsDir::open(&nfs)?) } else { None };
+    let d = if nfs.is_dir() {
+        Some(NfsDir::open(&nfs)?)
+    } else {
+        None
+    };
     if let Some(d) = &d {
         if args.dry_run {
             for p in d.pending()? {
@@ -316,14 +338,18 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
     }
 
     let power = power_status(!args.no_power && !args.dry_run)?;
-    let nfs_dev = std::fs::metadata(existing_ancestor(&nfs)).map(|m| m.dev()).ok();
+    let nfs_dev = std::fs::metadata(existing_ancestor(&nfs))
+        .map(|m| m.dev())
+        .ok();
     let mut jobs = Vec::new();
     for (plan, src) in plans.iter().zip(&sources) {
         let ub = plan.usbboot.as_ref().expect("usbboot plans");
         let target = nfs.join(&ub.pname);
         let previous = deployed_build(&target);
         let link = match &src.content {
-            Content::Tree(t) => std::fs::metadata(t).map(|m| Some(m.dev()) == nfs_dev).unwrap_or(false),
+            Content::Tree(t) => std::fs::metadata(t)
+                .map(|m| Some(m.dev()) == nfs_dev)
+                .unwrap_or(false),
             Content::Tarball { .. } => false,
         };
         jobs.push(Job {
@@ -336,7 +362,11 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
             exists: target.symlink_metadata().is_ok(),
             run_init: src.has_file(RECONFIG),
             link,
-            was_on: power.as_ref().and_then(|p| p.get(&ub.slot)).copied().unwrap_or(false),
+            was_on: power
+                .as_ref()
+                .and_then(|p| p.get(&ub.slot))
+                .copied()
+                .unwrap_or(false),
         });
     }
 
@@ -357,7 +387,13 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
     let missing = if work.is_empty() {
         Vec::new()
     } else {
-        prerequisites(&nfs, !args.no_power, work.iter().any(|j| j.run_init), bytes, inodes)
+        prerequisites(
+            &nfs,
+            !args.no_power,
+            work.iter().any(|j| j.run_init),
+            bytes,
+            inodes,
+        )
     };
     if !missing.is_empty() && !args.dry_run {
         bail!("cannot deploy:\n  {}", missing.join("\n  "));
@@ -405,7 +441,12 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
             };
             let lines = listing::diff(&cur, &j.src.listing()?, &[MARKER]);
             if !cli.global.json {
-                println!("--- {} ({}) {} files differ", j.plan.name, j.pname, lines.len());
+                println!(
+                    "--- {} ({}) {} files differ",
+                    j.plan.name,
+                    j.pname,
+                    lines.len()
+                );
                 for l in &lines {
                     println!("{l}");
                 }
@@ -424,16 +465,30 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
                 }
             }
         } else if j.unchanged {
-            tracing::info!("{} ({}): unchanged, build {} is in place", j.plan.name, j.pname, short(&j.src.build));
+            tracing::info!(
+                "{} ({}): unchanged, build {} is in place",
+                j.plan.name,
+                j.pname,
+                short(&j.src.build)
+            );
         } else {
             let d = d.as_ref().expect("the NFS directory exists in a real run");
-            deploy_node(d, j, args, &nfs_server)
-                .with_context(|| format!("deploying {} to {}", j.plan.name, nfs.join(&j.pname).display()))?;
+            deploy_node(d, j, args, &nfs_server).with_context(|| {
+                format!(
+                    "deploying {} to {}",
+                    j.plan.name,
+                    nfs.join(&j.pname).display()
+                )
+            })?;
         }
         reports.push(NodeReport {
             node: j.plan.name.clone(),
             slot: j.slot,
-            action: if args.dry_run { format!("would-{action}") } else { action.into() },
+            action: if args.dry_run {
+                format!("would-{action}")
+            } else {
+                action.into()
+            },
             build: Some(j.src.build.clone()),
             previous: j.previous.clone(),
             usbboot_init: (!j.unchanged).then(|| j.init_note()),
@@ -470,7 +525,10 @@ fn deploy_node(d: &NfsDir, j: &Job, args: &DeployArgs, nfs_server: &str) -> Resu
             // Nothing will edit this tree after the swap: check it now and
             // make the marker part of it, so the swap is the only change.
             verify::check_tree(&staged, j.plan, nfs_server)?;
-            stage::write_file_atomic(&staged.join(MARKER), marker_text(&j.src.build, &j.plan.name).as_bytes())?;
+            stage::write_file_atomic(
+                &staged.join(MARKER),
+                marker_text(&j.src.build, &j.plan.name).as_bytes(),
+            )?;
         }
         d.syncfs()?;
         Ok(loopback)
@@ -509,7 +567,10 @@ fn deploy_node(d: &NfsDir, j: &Job, args: &DeployArgs, nfs_server: &str) -> Resu
             }
             verify::restore_hostname(&tree, &j.plan.hostname, loopback.as_deref())?;
             verify::check_tree(&tree, j.plan, nfs_server)?;
-            stage::write_file_atomic(&tree.join(MARKER), marker_text(&j.src.build, &j.plan.name).as_bytes())?;
+            stage::write_file_atomic(
+                &tree.join(MARKER),
+                marker_text(&j.src.build, &j.plan.name).as_bytes(),
+            )?;
             d.syncfs()
         })();
         if let Err(e) = finished {
@@ -518,7 +579,11 @@ fn deploy_node(d: &NfsDir, j: &Job, args: &DeployArgs, nfs_server: &str) -> Resu
                 "{p} was put back on the tree it had before and is left powered off"
             )));
         }
-        tracing::info!("{p}: usbboot-init {} done, hostname {} restored", j.slot, j.plan.hostname);
+        tracing::info!(
+            "{p}: usbboot-init {} done, hostname {} restored",
+            j.slot,
+            j.plan.hostname
+        );
     } else {
         tracing::info!("{p}: usbboot-init {}", j.init_note());
     }
@@ -589,7 +654,11 @@ fn uninstall(cli: &Cli, args: &DeployArgs, plans: &[NodePlan], nfs: &Path) -> Re
         tracing::info!("{} does not exist: nothing to uninstall", nfs.display());
         return Ok(());
     }
-    let _lock = if args.dry_run { None } else { Some(lock::acquire(nfs)?) };
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(lock::acquire(nfs)?)
+    };
     let d = NfsDir::open(nfs)?;
     if !args.dry_run {
         recover_all(&d)?;
@@ -600,8 +669,15 @@ fn uninstall(cli: &Cli, args: &DeployArgs, plans: &[NodePlan], nfs: &Path) -> Re
         let ub = plan.usbboot.as_ref().expect("usbboot plans");
         let p = ub.pname.as_str();
         let prev = format!("{p}.prev");
-        let names: Vec<&str> = [p, prev.as_str()].into_iter().filter(|n| d.exists(n)).collect();
-        let was_on = power.as_ref().and_then(|s| s.get(&ub.slot)).copied().unwrap_or(false);
+        let names: Vec<&str> = [p, prev.as_str()]
+            .into_iter()
+            .filter(|n| d.exists(n))
+            .collect();
+        let was_on = power
+            .as_ref()
+            .and_then(|s| s.get(&ub.slot))
+            .copied()
+            .unwrap_or(false);
         let mut steps = Vec::new();
         if was_on && !names.is_empty() {
             steps.push(format!("power off {p} (it is on)"));
@@ -627,12 +703,24 @@ fn uninstall(cli: &Cli, args: &DeployArgs, plans: &[NodePlan], nfs: &Path) -> Re
             for n in &names {
                 d.discard(n)?;
             }
-            tracing::info!("{} ({p}): uninstalled ({})", plan.name, if names.is_empty() { "nothing was there".to_string() } else { names.join(", ") });
+            tracing::info!(
+                "{} ({p}): uninstalled ({})",
+                plan.name,
+                if names.is_empty() {
+                    "nothing was there".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
         }
         reports.push(NodeReport {
             node: plan.name.clone(),
             slot: ub.slot,
-            action: if args.dry_run { "would-uninstall".into() } else { "uninstalled".into() },
+            action: if args.dry_run {
+                "would-uninstall".into()
+            } else {
+                "uninstalled".into()
+            },
             build: None,
             previous,
             usbboot_init: None,
@@ -656,7 +744,11 @@ pub fn rollback(profile: &Profile, args: &RollbackArgs) -> Result<()> {
         let p = &plan.usbboot.as_ref().expect("usbboot plans").pname;
         let prev = format!("{p}.prev");
         if !d.exists(p) || !d.exists(&prev) {
-            bail!("{} ({p}) has no previous tree {} to go back to", plan.name, d.join(&prev).display());
+            bail!(
+                "{} ({p}) has no previous tree {} to go back to",
+                plan.name,
+                d.join(&prev).display()
+            );
         }
     }
     if !args.no_power {
@@ -667,7 +759,11 @@ pub fn rollback(profile: &Profile, args: &RollbackArgs) -> Result<()> {
         let ub = plan.usbboot.as_ref().expect("usbboot plans");
         let p = ub.pname.as_str();
         let prev = format!("{p}.prev");
-        let was_on = power.as_ref().and_then(|s| s.get(&ub.slot)).copied().unwrap_or(false);
+        let was_on = power
+            .as_ref()
+            .and_then(|s| s.get(&ub.slot))
+            .copied()
+            .unwrap_or(false);
         if was_on {
             if args.no_power {
                 bail!("{p} is powered on: a running Zero is never swapped underneath; drop --no-power");

@@ -104,7 +104,12 @@ fn plain_name(name: &str, what: &str) -> Result<()> {
 /// tarballs are used; otherwise a node's tree directory is preferred and
 /// its tarball is the fallback. Every tarball used is verified against both
 /// the manifest and SHA256SUMS.
-pub fn open(dir: &Path, bundle: bool, cluster: &str, plans: &[NodePlan]) -> Result<Vec<NodeSource>> {
+pub fn open(
+    dir: &Path,
+    bundle: bool,
+    cluster: &str,
+    plans: &[NodePlan],
+) -> Result<Vec<NodeSource>> {
     let mpath = dir.join("manifest.json");
     let text = std::fs::read_to_string(&mpath).with_context(|| {
         format!(
@@ -122,13 +127,16 @@ pub fn open(dir: &Path, bundle: bool, cluster: &str, plans: &[NodePlan]) -> Resu
         );
     }
     let spath = dir.join("SHA256SUMS");
-    let sums = std::fs::read_to_string(&spath)
-        .with_context(|| format!("reading {}", spath.display()))?;
+    let sums =
+        std::fs::read_to_string(&spath).with_context(|| format!("reading {}", spath.display()))?;
     let sums = parse_sha256sums(&sums).with_context(|| format!("parsing {}", spath.display()))?;
 
     let mut out = Vec::new();
     for plan in plans {
-        let ub = plan.usbboot.as_ref().expect("deploy plans are usbboot nodes");
+        let ub = plan
+            .usbboot
+            .as_ref()
+            .expect("deploy plans are usbboot nodes");
         let m = manifest
             .nodes
             .iter()
@@ -162,9 +170,9 @@ pub fn open(dir: &Path, bundle: bool, cluster: &str, plans: &[NodePlan]) -> Resu
         }
         plain_name(&m.tree, "tree")?;
         plain_name(&m.tarball, "tarball")?;
-        let listed = sums.get(&m.tarball).ok_or_else(|| {
-            anyhow::anyhow!("{} has no line for {}", spath.display(), m.tarball)
-        })?;
+        let listed = sums
+            .get(&m.tarball)
+            .ok_or_else(|| anyhow::anyhow!("{} has no line for {}", spath.display(), m.tarball))?;
         if !listed.eq_ignore_ascii_case(&m.sha256) {
             bail!(
                 "{} and {} disagree on the sha256 of {}",

@@ -77,7 +77,11 @@ impl Attrs {
                 .with_context(|| format!("setting the mode of {}", dst.display()))?;
             for (name, value) in &self.xattrs {
                 xattr::set(dst, name, value).with_context(|| {
-                    format!("setting xattr {} on {}", name.to_string_lossy(), dst.display())
+                    format!(
+                        "setting xattr {} on {}",
+                        name.to_string_lossy(),
+                        dst.display()
+                    )
                 })?;
             }
         }
@@ -125,9 +129,8 @@ pub fn from_tree(src: &Path, dst: &Path, link: bool) -> Result<StageStats> {
             seen.insert((m.dev(), m.ino()), to.clone());
         }
         if ft.is_file() && link && shareable(rel) {
-            fs::hard_link(e.path(), &to).with_context(|| {
-                format!("linking {} to {}", to.display(), e.path().display())
-            })?;
+            fs::hard_link(e.path(), &to)
+                .with_context(|| format!("linking {} to {}", to.display(), e.path().display()))?;
             stats.linked += 1;
             continue;
         }
@@ -138,9 +141,8 @@ pub fn from_tree(src: &Path, dst: &Path, link: bool) -> Result<StageStats> {
             std::os::unix::fs::symlink(&target, &to)
                 .with_context(|| format!("creating symlink {}", to.display()))?;
         } else if ft.is_file() {
-            reflink_copy::reflink_or_copy(e.path(), &to).with_context(|| {
-                format!("copying {} to {}", e.path().display(), to.display())
-            })?;
+            reflink_copy::reflink_or_copy(e.path(), &to)
+                .with_context(|| format!("copying {} to {}", e.path().display(), to.display()))?;
             stats.copied_bytes += m.len();
         } else if ft.is_char_device() {
             make_node(&to, SFlag::S_IFCHR, attrs.mode, m.rdev())?;
@@ -189,16 +191,26 @@ pub fn from_tarball(tarball: &Path, dst: &Path) -> Result<StageStats> {
     ar.set_unpack_xattrs(true);
     ar.set_overwrite(false);
     fs::create_dir(dst).with_context(|| format!("creating {}", dst.display()))?;
+    let dst_real = dst
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dst.display()))?;
     let mut stats = StageStats::default();
     let mut dirs: Vec<(PathBuf, Attrs)> = Vec::new();
     for entry in ar.entries().with_context(ctx)? {
         let mut e = entry.with_context(ctx)?;
         let path = e.path().with_context(ctx)?.into_owned();
         let rel = normalize(&path)?;
-        let to = rel.as_ref().map_or_else(|| dst.to_path_buf(), |r| dst.join(r));
+        let to = rel
+            .as_ref()
+            .map_or_else(|| dst.to_path_buf(), |r| dst.join(r));
         let h = e.header().clone();
         let t = h.entry_type();
         stats.entries += 1;
+        if !t.is_file() && !t.is_hard_link() && !t.is_symlink() {
+            // The tar crate guards what it unpacks; what is created here
+            // must not follow a symlink from an earlier entry out of the tree.
+            ensure_inside(&dst_real, &to)?;
+        }
         let attrs = || -> Result<Attrs> {
             Ok(Attrs {
                 uid: h.uid().with_context(ctx)? as u32,
@@ -255,17 +267,41 @@ pub fn from_tarball(tarball: &Path, dst: &Path) -> Result<StageStats> {
             if t.is_file() {
                 stats.copied_bytes += e.size();
             }
-            if !e
-                .unpack_in(dst)
-                .with_context(|| format!("unpacking {} from {}", path.display(), tarball.display()))?
-            {
-                bail!("{}: entry {} leaves the tree", tarball.display(), path.display());
+            if !e.unpack_in(dst).with_context(|| {
+                format!("unpacking {} from {}", path.display(), tarball.display())
+            })? {
+                bail!(
+                    "{}: entry {} leaves the tree",
+                    tarball.display(),
+                    path.display()
+                );
             }
         }
     }
     finish_dirs(dirs)?;
     progress.finish();
     Ok(stats)
+}
+
+/// Fail when the nearest existing ancestor of `path` resolves outside
+/// `root` (that is, through a symlink planted by the archive).
+fn ensure_inside(root: &Path, path: &Path) -> Result<()> {
+    let mut p = path.parent().unwrap_or(path).to_path_buf();
+    while p.symlink_metadata().is_err() {
+        if !p.pop() {
+            break;
+        }
+    }
+    let real = p
+        .canonicalize()
+        .with_context(|| format!("resolving {}", p.display()))?;
+    if !real.starts_with(root) {
+        bail!(
+            "archive entry {} would be created through a symlink outside the tree",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 struct CountingReader<'a, R> {
@@ -334,8 +370,11 @@ mod tests {
         fs::create_dir_all(root.join("etc")).unwrap();
         fs::create_dir_all(root.join("dev")).unwrap();
         fs::write(root.join("usr/bin/tool"), b"tool").unwrap();
-        fs::set_permissions(root.join("usr/bin/tool"), fs::Permissions::from_mode(0o4755))
-            .unwrap();
+        fs::set_permissions(
+            root.join("usr/bin/tool"),
+            fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
         fs::hard_link(root.join("usr/bin/tool"), root.join("usr/bin/tool2")).unwrap();
         fs::write(root.join("etc/hostname"), b"z1\n").unwrap();
         std::os::unix::fs::symlink("../usr/bin/tool", root.join("etc/link")).unwrap();
@@ -374,6 +413,42 @@ mod tests {
                 src.join("etc/hostname").symlink_metadata().unwrap().ino()
             );
         }
+    }
+
+    #[test]
+    fn tarball_cannot_create_nodes_through_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let me = nix::unistd::geteuid().as_raw() as u64;
+        let header = || {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(me);
+            h.set_gid(nix::unistd::getegid().as_raw() as u64);
+            h.set_mtime(1);
+            h
+        };
+        let mut h = header();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "./dev", &outside).unwrap();
+        let mut h = header();
+        h.set_entry_type(tar::EntryType::Fifo);
+        h.set_size(0);
+        h.set_mode(0o600);
+        b.append_data(&mut h, "./dev/fifo", std::io::empty())
+            .unwrap();
+        let tarball = t.path().join("evil.tar.zst");
+        fs::write(
+            &tarball,
+            zstd::encode_all(&b.into_inner().unwrap()[..], 1).unwrap(),
+        )
+        .unwrap();
+        let err = from_tarball(&tarball, &t.path().join("dst")).unwrap_err();
+        assert!(format!("{err:#}").contains("outside the tree"), "{err:#}");
+        assert!(!outside.join("fifo").exists());
     }
 
     #[test]

@@ -140,7 +140,8 @@ impl NfsDir {
         let path = self.join(&Self::txn_name(pname));
         match fs::read(&path) {
             Ok(b) => Ok(Some(
-                serde_json::from_slice(&b).with_context(|| format!("parsing {}", path.display()))?,
+                serde_json::from_slice(&b)
+                    .with_context(|| format!("parsing {}", path.display()))?,
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -239,8 +240,8 @@ impl NfsDir {
 
     fn hidden_entries(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for e in fs::read_dir(&self.path)
-            .with_context(|| format!("listing {}", self.path.display()))?
+        for e in
+            fs::read_dir(&self.path).with_context(|| format!("listing {}", self.path.display()))?
         {
             let e = e.with_context(|| format!("listing {}", self.path.display()))?;
             let n = e.file_name().to_string_lossy().into_owned();

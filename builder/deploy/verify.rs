@@ -70,7 +70,10 @@ pub fn fstab_problems(text: &str, ub: &UsbbootPlan, nfs_server: &str) -> Vec<Str
                 .take_while(|c| *c != '/' && !c.is_whitespace())
                 .collect();
             if slot != ub.pname {
-                problems.push(format!("fstab mounts {prefix}{slot}, expected {}", ub.pname));
+                problems.push(format!(
+                    "fstab mounts {prefix}{slot}, expected {}",
+                    ub.pname
+                ));
             }
             rest = after;
         }
@@ -115,7 +118,11 @@ pub fn check_tree(tree: &Path, plan: &NodePlan, nfs_server: &str) -> Result<()> 
     let ub = plan.usbboot.as_ref().expect("a usbboot node");
     let cmdline = boot_dir(tree).join("cmdline.txt");
     let mut problems = cmdline_problems(&read(&cmdline)?, ub, nfs_server);
-    problems.extend(fstab_problems(&read(&tree.join("etc/fstab"))?, ub, nfs_server));
+    problems.extend(fstab_problems(
+        &read(&tree.join("etc/fstab"))?,
+        ub,
+        nfs_server,
+    ));
     problems.extend(hostname_problems(tree, &plan.hostname)?);
     if !problems.is_empty() {
         bail!(
@@ -131,7 +138,11 @@ pub fn check_tree(tree: &Path, plan: &NodePlan, nfs_server: &str) -> Result<()> 
 
 /// What must hold right after `usbboot-init N`: it renamed the node to
 /// `pN` (so `reconfig-usbboot` really ran) and the boot files name slot N.
-pub fn usbboot_init_problems(tree: &Path, plan: &NodePlan, nfs_server: &str) -> Result<Vec<String>> {
+pub fn usbboot_init_problems(
+    tree: &Path,
+    plan: &NodePlan,
+    nfs_server: &str,
+) -> Result<Vec<String>> {
     let ub = plan.usbboot.as_ref().expect("a usbboot node");
     let mut problems = Vec::new();
     let h = read(&tree.join("etc/hostname"))?;
@@ -144,7 +155,11 @@ pub fn usbboot_init_problems(tree: &Path, plan: &NodePlan, nfs_server: &str) -> 
     }
     let cmdline = boot_dir(tree).join("cmdline.txt");
     problems.extend(cmdline_problems(&read(&cmdline)?, ub, nfs_server));
-    problems.extend(fstab_problems(&read(&tree.join("etc/fstab"))?, ub, nfs_server));
+    problems.extend(fstab_problems(
+        &read(&tree.join("etc/fstab"))?,
+        ub,
+        nfs_server,
+    ));
     Ok(problems)
 }
 
@@ -163,7 +178,10 @@ pub fn loopback_line(tree: &Path) -> Result<Option<String>> {
 /// Put chbuild's hostname back after `usbboot-init` renamed the node to
 /// `pN`: etc/hostname, and the `127.0.1.1` line as the built tree had it.
 pub fn restore_hostname(tree: &Path, hostname: &str, loopback: Option<&str>) -> Result<()> {
-    write_file_atomic(&tree.join("etc/hostname"), format!("{hostname}\n").as_bytes())?;
+    write_file_atomic(
+        &tree.join("etc/hostname"),
+        format!("{hostname}\n").as_bytes(),
+    )?;
     let hosts_path = tree.join("etc/hosts");
     let hosts = read(&hosts_path)?;
     let line = loopback
@@ -221,11 +239,16 @@ mod tests {
     #[test]
     fn fstab_placeholder_is_caught() {
         let line = |p: &str| {
-            format!("{S}:/var/lib/clusterctrl/nfs/{p}/boot/firmware /boot/firmware nfs defaults 0 0\n")
+            format!(
+                "{S}:/var/lib/clusterctrl/nfs/{p}/boot/firmware /boot/firmware nfs defaults 0 0\n"
+            )
         };
         assert!(fstab_problems(&line("p1"), &ub(1), S).is_empty());
         assert_eq!(fstab_problems(&line("p253"), &ub(1), S).len(), 2);
-        assert_eq!(fstab_problems("proc /proc proc defaults 0 0\n", &ub(1), S).len(), 1);
+        assert_eq!(
+            fstab_problems("proc /proc proc defaults 0 0\n", &ub(1), S).len(),
+            1
+        );
     }
 
     #[test]

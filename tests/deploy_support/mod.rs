@@ -73,10 +73,20 @@ pub fn make_tree(root: &Path, s: &NodeSpec) {
     );
     write(root, "etc/motd", &format!("build {}\n", s.label), 0o644);
     write(root, "etc/shadow", "root:*:19000:0:99999:7:::\n", 0o640);
-    write(root, "usr/bin/hello", &format!("#!/bin/sh\necho {}\n", s.label), 0o755);
+    write(
+        root,
+        "usr/bin/hello",
+        &format!("#!/bin/sh\necho {}\n", s.label),
+        0o755,
+    );
     write(root, "usr/bin/su", "setuid", 0o4755);
     fs::hard_link(root.join("usr/bin/hello"), root.join("usr/bin/hello-again")).unwrap();
-    write(root, &format!("usr/share/doc/{}.txt", s.label), s.label, 0o644);
+    write(
+        root,
+        &format!("usr/share/doc/{}.txt", s.label),
+        s.label,
+        0o644,
+    );
     std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
     fs::create_dir_all(root.join("var/log")).unwrap();
     fs::create_dir_all(root.join("dev")).unwrap();
@@ -120,7 +130,12 @@ pub fn make_tarball(tree: &Path, out: &Path) {
     let mut seen: HashMap<u64, String> = HashMap::new();
     for e in walkdir::WalkDir::new(tree).sort_by_file_name() {
         let e = e.unwrap();
-        let rel = e.path().strip_prefix(tree).unwrap().to_string_lossy().into_owned();
+        let rel = e
+            .path()
+            .strip_prefix(tree)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let m = e.path().symlink_metadata().unwrap();
         let ft = m.file_type();
         let name = if rel.is_empty() {
@@ -141,14 +156,17 @@ pub fn make_tarball(tree: &Path, out: &Path) {
             b.append_data(&mut h, &name, std::io::empty()).unwrap();
         } else if ft.is_symlink() {
             h.set_entry_type(tar::EntryType::Symlink);
-            b.append_link(&mut h, &name, fs::read_link(e.path()).unwrap()).unwrap();
+            b.append_link(&mut h, &name, fs::read_link(e.path()).unwrap())
+                .unwrap();
         } else if ft.is_fifo() || ft.is_char_device() {
             if ft.is_fifo() {
                 h.set_entry_type(tar::EntryType::Fifo);
             } else {
                 h.set_entry_type(tar::EntryType::Char);
-                h.set_device_major(nix::sys::stat::major(m.rdev()) as u32).unwrap();
-                h.set_device_minor(nix::sys::stat::minor(m.rdev()) as u32).unwrap();
+                h.set_device_major(nix::sys::stat::major(m.rdev()) as u32)
+                    .unwrap();
+                h.set_device_minor(nix::sys::stat::minor(m.rdev()) as u32)
+                    .unwrap();
             }
             b.append_data(&mut h, &name, std::io::empty()).unwrap();
         } else if let Some(first) = seen.get(&m.ino()) {
@@ -202,8 +220,11 @@ pub fn make_output(dir: &Path, nodes: &[NodeSpec], bundle: bool) -> BTreeMap<Str
         "base_digest": "0".repeat(64), "source_date_epoch": 1700000000,
         "nodes": entries,
     });
-    fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest).unwrap())
-        .unwrap();
+    fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
     fs::write(dir.join("SHA256SUMS"), sums).unwrap();
     ids
 }
@@ -372,13 +393,21 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
     }
     for e in walkdir::WalkDir::new(root).sort_by_file_name() {
         let e = e.unwrap();
-        let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let m = e.path().symlink_metadata().unwrap();
         let ft = m.file_type();
         let content = if ft.is_file() {
             hex::encode(Sha256::digest(fs::read(e.path()).unwrap()))
         } else if ft.is_symlink() {
-            fs::read_link(e.path()).unwrap().to_string_lossy().into_owned()
+            fs::read_link(e.path())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
         } else if ft.is_char_device() || ft.is_block_device() {
             format!("dev {}", m.rdev())
         } else if ft.is_fifo() {
