@@ -25,8 +25,9 @@ pub struct ManifestNode {
     pub kind: String,
     pub slot: Option<u8>,
     pub tree: String,
-    pub tarball: String,
-    pub sha256: String,
+    /// Absent when the node was built with `--format dir`.
+    pub tarball: Option<String>,
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug)]
@@ -168,38 +169,44 @@ pub fn open(
                 plan.hostname
             );
         }
-        plain_name(&m.tree, "tree")?;
-        plain_name(&m.tarball, "tarball")?;
-        let listed = sums
-            .get(&m.tarball)
-            .ok_or_else(|| anyhow::anyhow!("{} has no line for {}", spath.display(), m.tarball))?;
-        if !listed.eq_ignore_ascii_case(&m.sha256) {
+        let (Some(tarball), Some(sha256)) = (&m.tarball, &m.sha256) else {
             bail!(
-                "{} and {} disagree on the sha256 of {}",
+                "{}: node `{}` has no tarball, so no build id (built with --format dir?): rebuild it with `chbuild image {}`",
+                mpath.display(),
+                m.name,
+                m.name
+            );
+        };
+        plain_name(&m.tree, "tree")?;
+        plain_name(tarball, "tarball")?;
+        let listed = sums
+            .get(tarball)
+            .ok_or_else(|| anyhow::anyhow!("{} has no line for {tarball}", spath.display()))?;
+        if !listed.eq_ignore_ascii_case(sha256) {
+            bail!(
+                "{} and {} disagree on the sha256 of {tarball}",
                 mpath.display(),
                 spath.display(),
-                m.tarball
             );
         }
         let tree = dir.join(&m.tree);
         let content = if !bundle && tree.is_dir() {
             Content::Tree(tree)
         } else {
-            let path = dir.join(&m.tarball);
+            let path = dir.join(tarball);
             let (sha, listing) = listing::of_tarball(&path)
                 .with_context(|| format!("verifying {}", path.display()))?;
-            if !sha.eq_ignore_ascii_case(&m.sha256) {
+            if !sha.eq_ignore_ascii_case(sha256) {
                 bail!(
-                    "{} is corrupt: its sha256 is {sha}, SHA256SUMS says {}; nothing was changed",
+                    "{} is corrupt: its sha256 is {sha}, SHA256SUMS says {sha256}; nothing was changed",
                     path.display(),
-                    m.sha256
                 );
             }
             Content::Tarball { path, listing }
         };
         out.push(NodeSource {
             node: plan.name.clone(),
-            build: m.sha256.to_ascii_lowercase(),
+            build: sha256.to_ascii_lowercase(),
             content,
         });
     }

@@ -206,7 +206,7 @@ pub fn from_tarball(tarball: &Path, dst: &Path) -> Result<StageStats> {
         let h = e.header().clone();
         let t = h.entry_type();
         stats.entries += 1;
-        if !t.is_file() && !t.is_hard_link() && !t.is_symlink() {
+        if rel.is_some() && !t.is_file() && !t.is_hard_link() && !t.is_symlink() {
             // The tar crate guards what it unpacks; what is created here
             // must not follow a symlink from an earlier entry out of the tree.
             ensure_inside(&dst_real, &to)?;
