@@ -31,6 +31,17 @@ pub const MMDEBSTRAP: Tool = Tool {
     why: "to build a base from Debian packages",
 };
 
+pub const CLUSTERCTRL: Tool = Tool {
+    program: "clusterctrl",
+    package: "clusterctrl (from the ClusterCTRL controller image)",
+    why: "to switch Zero power and read its state",
+};
+pub const USBBOOT_INIT: Tool = Tool {
+    program: "usbboot-init",
+    package: "clusterctrl (from the ClusterCTRL controller image)",
+    why: "to configure a Zero's tree for USB boot the way ClusterCTRL does",
+};
+
 /// Find a program on PATH.
 pub fn which(program: &str) -> Option<PathBuf> {
     if program.contains('/') {

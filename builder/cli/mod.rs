@@ -194,6 +194,9 @@ pub struct DeployArgs {
     /// Deploy a bundle built elsewhere (the output directory of `image`)
     #[arg(long)]
     pub bundle: Option<PathBuf>,
+    /// Where `chbuild image` wrote the trees (default: images/out/<cluster>)
+    #[arg(long, short = 'o', conflicts_with = "bundle")]
+    pub output: Option<PathBuf>,
     /// Show what would happen, change nothing
     #[arg(long)]
     pub dry_run: bool,
