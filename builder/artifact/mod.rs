@@ -1,6 +1,8 @@
 //! Artifacts: node trees as deterministic tar.zst, `manifest.json` and
 //! `SHA256SUMS`. Same tree and epoch give byte-identical tarballs.
 
+pub mod public;
+
 use crate::profile::Profile;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};

@@ -524,6 +524,20 @@ fn deploy_node(d: &NfsDir, j: &Job, args: &DeployArgs, nfs_server: &str) -> Resu
             stats.linked,
             stats.copied_bytes >> 20
         );
+        if let Some(bundle) = &args.secrets_bundle {
+            // A public release carries no secrets: they join the staged
+            // tree here, before the swap, so the node never runs without.
+            let files = crate::artifact::public::read_bundle(bundle, &j.plan.name)?;
+            if files.is_empty() {
+                anyhow::bail!("{} holds no secrets for {}", bundle.display(), j.plan.name);
+            }
+            crate::artifact::public::apply_secrets(&staged, &files)?;
+            tracing::info!(
+                "{p}: {} secrets applied from {}",
+                files.len(),
+                bundle.display()
+            );
+        }
         let loopback = verify::loopback_line(&staged)?;
         if !j.run_init {
             // Nothing will edit this tree after the swap: check it now and
