@@ -96,7 +96,10 @@ fn ingest_list_gc() {
     assert_eq!(names(&store), before);
 
     let list = ok(chbuild(&profile, &store, &["store", "list"]));
-    assert!(list.contains(&sha) && list.contains("base.tar.gz"), "{list}");
+    assert!(
+        list.contains(&sha) && list.contains("base.tar.gz"),
+        "{list}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&ok(chbuild(&profile, &store, &["--json", "store", "list"]))).unwrap();
     assert_eq!(json[0]["digest"], sha.as_str());

@@ -49,7 +49,9 @@ fn extract_recipe_is_built_and_stored_once() {
         architecture: Arch::Arm64,
         boot_dir: "boot/firmware".into(),
     };
-    let digest = store.digest_of(&base).expect("a recipe's key is known up front");
+    let digest = store
+        .digest_of(&base)
+        .expect("a recipe's key is known up front");
     let t = store.ensure_base(&base).unwrap();
     assert_eq!(t.digest, digest);
     let version = std::fs::read_to_string(t.root.join("etc/debian_version")).unwrap();
@@ -57,7 +59,10 @@ fn extract_recipe_is_built_and_stored_once() {
     let start = Instant::now();
     let again = store.ensure_base(&base).unwrap();
     assert_eq!(again.root, t.root);
-    assert!(start.elapsed().as_millis() < 500, "the second ingest did work");
+    assert!(
+        start.elapsed().as_millis() < 500,
+        "the second ingest did work"
+    );
     let listed = store.list().unwrap();
     assert_eq!(listed.len(), 1);
     assert!(listed[0].source.contains("debian bookworm arm64 extract"));
