@@ -26,12 +26,21 @@ measure() { # label, command...
   /usr/bin/time -f "%e %M" -o "$work/time" "$@" >/dev/null
   read -r secs kb < "$work/time"
   printf '%-34s %7.2f s  %7d MiB peak RSS\n' "$label" "$secs" $((kb / 1024))
+  echo "$label $secs" >> "$work/all"
 }
 
-echo "archive: $archive ($(du -h "$archive" | cut -f1)), $(nproc) CPUs"
+# The machine may be shared: alternate the two for a few rounds and compare
+# medians.
+rounds=${ROUNDS:-3}
+echo "archive: $archive ($(du -h "$archive" | cut -f1)), $(nproc) CPUs, $rounds rounds, load $(cut -d' ' -f1-3 /proc/loadavg)"
 # Both read the archive from the page cache.
 cat "$archive" > /dev/null
-mkdir "$work/tar"
-measure "tar -xJf" tar -xJf "$archive" -C "$work/tar"
-measure "chbuild store ingest (first)" "$bin" -q --profile "$work/profile.toml" --store "$work/store" store ingest
-measure "chbuild store ingest (again)" "$bin" -q --profile "$work/profile.toml" --store "$work/store" store ingest
+for _ in $(seq "$rounds"); do
+  rm -rf "$work/tar" "$work/store"
+  mkdir "$work/tar"
+  measure "tar -xJf" tar -xJf "$archive" -C "$work/tar"
+  measure "chbuild store ingest" "$bin" -q --profile "$work/profile.toml" --store "$work/store" store ingest
+done
+measure "chbuild store ingest (stored)" "$bin" -q --profile "$work/profile.toml" --store "$work/store" store ingest
+median() { grep "^$1 [0-9]" "$work/all" | awk '{print $NF}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "median: tar -xJf $(median 'tar -xJf') s, chbuild $(median 'chbuild store ingest') s"
