@@ -371,10 +371,8 @@ fn parse_pax_time(s: &str) -> Result<(i64, u32)> {
         nanos += d * 10u32.pow(8 - i as u32);
     }
     // Negative times count the fraction away from zero.
-    if secs < 0 || s.starts_with('-') {
-        if nanos > 0 {
-            return Ok((secs - 1, 1_000_000_000 - nanos));
-        }
+    if (secs < 0 || s.starts_with('-')) && nanos > 0 {
+        return Ok((secs - 1, 1_000_000_000 - nanos));
     }
     Ok((secs, nanos))
 }
