@@ -77,9 +77,30 @@ fn lock_user(shadow: &str, user: &str) -> String {
         .collect()
 }
 
-/// Write a new inode with the old one's owner and mode, then rename it
-/// over the old name (the old inode may be shared).
+/// Write a new inode with the old one's owner, mode and mtime, then
+/// rename it over the old name (the old inode may be shared).
 fn replace_file(path: &Path, data: &[u8], meta: &fs::Metadata) -> Result<()> {
+    let mtime = filetime::FileTime::from_last_modification_time(meta);
+    write_inode(
+        path,
+        data,
+        meta.mode() & 0o7777,
+        meta.uid(),
+        meta.gid(),
+        Some(mtime),
+    )
+}
+
+/// Write `data` as a new inode with the given owner and mode (and mtime),
+/// beside `path`, and rename it into place.
+fn write_inode(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Option<filetime::FileTime>,
+) -> Result<()> {
     let tmp = super::tmp_sibling(path);
     let _ = fs::remove_file(&tmp);
     fs::OpenOptions::new()
@@ -90,17 +111,15 @@ fn replace_file(path: &Path, data: &[u8], meta: &fs::Metadata) -> Result<()> {
         .and_then(|mut f| std::io::Write::write_all(&mut f, data))
         .with_context(|| format!("writing {}", tmp.display()))?;
     if nix::unistd::geteuid().is_root() {
-        std::os::unix::fs::lchown(&tmp, Some(meta.uid()), Some(meta.gid()))
+        std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid))
             .with_context(|| format!("chown {}", tmp.display()))?;
     }
-    fs::set_permissions(
-        &tmp,
-        std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o7777),
-    )
-    .with_context(|| format!("chmod {}", tmp.display()))?;
-    let mtime = filetime::FileTime::from_last_modification_time(meta);
-    filetime::set_file_times(&tmp, mtime, mtime)
-        .with_context(|| format!("setting times of {}", tmp.display()))?;
+    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .with_context(|| format!("chmod {}", tmp.display()))?;
+    if let Some(t) = mtime {
+        filetime::set_file_times(&tmp, t, t)
+            .with_context(|| format!("setting times of {}", tmp.display()))?;
+    }
     fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
 }
 
@@ -184,22 +203,7 @@ pub fn apply_secrets(tree: &Path, files: &[SecretFile]) -> Result<Vec<PathBuf>> 
         if !parent.is_dir() {
             anyhow::bail!("{}: the tree has no {}", tree.display(), parent.display());
         }
-        let tmp = super::tmp_sibling(&p);
-        let _ = fs::remove_file(&tmp);
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, &s.data))
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        if nix::unistd::geteuid().is_root() {
-            std::os::unix::fs::lchown(&tmp, Some(s.uid), Some(s.gid))
-                .with_context(|| format!("chown {}", tmp.display()))?;
-        }
-        fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(s.mode))
-            .with_context(|| format!("chmod {}", tmp.display()))?;
-        fs::rename(&tmp, &p).with_context(|| format!("renaming {} into place", p.display()))?;
+        write_inode(&p, &s.data, s.mode, s.uid, s.gid, None)?;
         written.push(PathBuf::from(&s.path));
     }
     Ok(written)

@@ -258,14 +258,7 @@ impl NfsDir {
     }
 }
 
-/// Delete a tree whose directories may be read-only (restored modes).
-pub fn remove_tree(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
-    }
-}
+pub use crate::tree::remove_tree;
 
 #[cfg(test)]
 mod tests {
