@@ -173,6 +173,10 @@ pub fn image(
         built: vec![],
         unchanged: vec![],
     };
+    // Decide first which nodes need work, then build those in parallel:
+    // composing is mostly file-system metadata calls, which overlap well.
+    let want_tar = format == Format::TarZst;
+    let mut todo: Vec<(NodePlan, String)> = vec![];
     for name in nodes {
         let node = profile.node(name).expect("selection returns known nodes");
         let plan = profile.plan(node);
@@ -181,57 +185,63 @@ pub fn image(
             node_inputs(profile, &plan, &base, epoch, &secrets)?,
             if public.is_some() { "-public" } else { "" }
         );
-        let tree = out.join(name);
-        let tarball_name = format!("{name}.tar.zst");
-        let want_tar = format == Format::TarZst;
         if let Some(prev) = manifest.nodes.iter().find(|n| &n.name == name) {
-            let tar_ok = !want_tar || (prev.tarball.is_some() && out.join(&tarball_name).exists());
-            if prev.inputs == inputs && tree.is_dir() && tar_ok && public.is_none() {
+            let tar_ok = !want_tar
+                || (prev.tarball.is_some() && out.join(format!("{name}.tar.zst")).exists());
+            if prev.inputs == inputs && out.join(name).is_dir() && tar_ok && public.is_none() {
                 tracing::info!("{name}: unchanged, not rebuilt");
                 report.unchanged.push(name.clone());
                 continue;
             }
         }
-        let tmp = out.join(format!(".{name}.building"));
-        build_tree(
-            profile,
-            &plan,
-            &base,
-            &secrets,
-            &tmp,
-            epoch,
-            public.as_deref_mut(),
-        )?;
-        let files_in_tree = count_files(&tmp)?;
-        let (tarball, sha256, size) = if want_tar {
-            let started = Instant::now();
-            let info = artifact::write_tar_zst(&tmp, &out.join(&tarball_name), epoch)?;
-            tracing::info!(
-                "{name}: {tarball_name} ({} MiB) in {:.1?}",
-                info.size >> 20,
-                started.elapsed()
-            );
-            (Some(tarball_name), Some(info.sha256), Some(info.size))
-        } else {
-            let _ = std::fs::remove_file(out.join(&tarball_name));
-            (None, None, None)
-        };
-        swap_tree(&tmp, &tree)?;
-        manifest.nodes.retain(|n| &n.name != name);
-        manifest.nodes.push(NodeArtifact {
-            name: name.clone(),
-            hostname: plan.hostname.clone(),
-            kind: plan.kind,
-            slot: plan.usbboot.as_ref().map(|u| u.slot),
-            tree: name.clone(),
-            tarball,
-            sha256,
-            size,
-            files: files_in_tree,
-            inputs,
-            files_extra: vec![],
-        });
-        report.built.push(name.clone());
+        todo.push((plan, inputs));
+    }
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(todo.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    type Built = (usize, NodeArtifact, Vec<SecretFile>);
+    let results: Vec<Result<Built>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = vec![];
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((plan, inputs)) = todo.get(i) else {
+                            break;
+                        };
+                        let mut stripped = vec![];
+                        let collect = public.is_some().then_some(&mut stripped);
+                        let r = build_node(
+                            profile, plan, inputs, &base, &secrets, out, epoch, want_tar, collect,
+                        )
+                        .map(|a| (i, a, stripped));
+                        let failed = r.is_err();
+                        done.push(r);
+                        if failed {
+                            break;
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a build thread panicked"))
+            .collect()
+    });
+    let mut built: Vec<Built> = results.into_iter().collect::<Result<_>>()?;
+    built.sort_by_key(|(i, _, _)| *i);
+    for (_, artifact, stripped) in built {
+        if let Some(collected) = public.as_deref_mut() {
+            collected.extend(stripped);
+        }
+        report.built.push(artifact.name.clone());
+        manifest.nodes.retain(|n| n.name != artifact.name);
+        manifest.nodes.push(artifact);
     }
     // Keep the manifest in profile order, whatever was rebuilt.
     manifest.nodes.sort_by_key(|n| {
@@ -262,6 +272,53 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("chmod {}", dir.display()))
+}
+
+/// Build one node: tree, tarball, swap into place; return its entry.
+#[allow(clippy::too_many_arguments)]
+fn build_node(
+    profile: &Profile,
+    plan: &NodePlan,
+    inputs: &str,
+    base: &BaseTree,
+    secrets: &Secrets,
+    out: &Path,
+    epoch: i64,
+    want_tar: bool,
+    public: Option<&mut Vec<SecretFile>>,
+) -> Result<NodeArtifact> {
+    let name = &plan.name;
+    let tmp = out.join(format!(".{name}.building"));
+    build_tree(profile, plan, base, secrets, &tmp, epoch, public)?;
+    let files_in_tree = count_files(&tmp)?;
+    let tarball_name = format!("{name}.tar.zst");
+    let (tarball, sha256, size) = if want_tar {
+        let started = Instant::now();
+        let info = artifact::write_tar_zst(&tmp, &out.join(&tarball_name), epoch)?;
+        tracing::info!(
+            "{name}: {tarball_name} ({} MiB) in {:.1?}",
+            info.size >> 20,
+            started.elapsed()
+        );
+        (Some(tarball_name), Some(info.sha256), Some(info.size))
+    } else {
+        let _ = std::fs::remove_file(out.join(&tarball_name));
+        (None, None, None)
+    };
+    swap_tree(&tmp, &out.join(name))?;
+    Ok(NodeArtifact {
+        name: name.clone(),
+        hostname: plan.hostname.clone(),
+        kind: plan.kind,
+        slot: plan.usbboot.as_ref().map(|u| u.slot),
+        tree: name.clone(),
+        tarball,
+        sha256,
+        size,
+        files: files_in_tree,
+        inputs: inputs.to_string(),
+        files_extra: vec![],
+    })
 }
 
 fn count_files(tree: &Path) -> Result<u64> {
