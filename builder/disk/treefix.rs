@@ -31,8 +31,24 @@ if command -v sfdisk >/dev/null 2>&1; then
   fi
   echo ', +' | sfdisk --no-reread --no-tell-kernel -N "$num" "$disk"
   partx -u -n "$num" "$disk"
-else
+elif command -v parted >/dev/null 2>&1; then
   parted -s -f "$disk" resizepart "$num" 100%
+else
+  # A minimal base has neither (sfdisk is in the fdisk package): with only
+  # util-linux and coreutils, rewrite the MBR entry's sector count, then
+  # tell the kernel with resizepart (BLKPG, fine on a mounted partition).
+  entry=$((446 + 16 * (num - 1)))
+  type=$(dd if="$disk" bs=1 skip=$((entry + 4)) count=1 2>/dev/null | od -An -tx1 | tr -d ' ')
+  if [ "$type" = "ee" ] || [ "$num" -gt 4 ]; then
+    echo "growing a GPT partition needs sfdisk (package fdisk) or parted" >&2
+    exit 1
+  fi
+  start=$(cat "/sys/class/block/$part/start")
+  total=$(cat "/sys/class/block/$(basename "$disk")/size")
+  size=$((total - start))
+  bytes=$(printf '\\%03o\\%03o\\%03o\\%03o' $((size & 255)) $((size >> 8 & 255)) $((size >> 16 & 255)) $((size >> 24 & 255)))
+  printf "$bytes" | dd of="$disk" bs=1 seek=$((entry + 12)) count=4 conv=notrunc,fsync 2>/dev/null
+  resizepart "$disk" "$num" "$size"
 fi
 resize2fs "$root"
 mkdir -p "$(dirname {GROW_STAMP})"
