@@ -536,3 +536,163 @@ fn zero_boots_from_its_tree() {
     vm.check_roles(&hostname);
     eprintln!("z1: all checks passed in {:.0?}", vm.started.elapsed());
 }
+
+/// Start and size in bytes of the image's partitions, from `sfdisk --json`.
+fn partitions(image: &Path) -> Vec<(u64, u64)> {
+    let v = chbuild::tools::run_json(Command::new("sfdisk").arg("--json").arg(image)).unwrap();
+    let t = &v["partitiontable"];
+    let sector = t["sectorsize"].as_u64().unwrap_or(512);
+    t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap() * sector,
+                p["size"].as_u64().unwrap() * sector,
+            )
+        })
+        .collect()
+}
+
+/// Copy `name` out of the FAT partition at `offset` with mtools.
+fn mcopy(image: &Path, offset: u64, name: &str, dest: &Path) {
+    chbuild::tools::run(
+        Command::new("mcopy")
+            .arg("-n")
+            .arg("-i")
+            .arg(format!("{}@@{offset}", image.display()))
+            .arg(format!("::/{name}"))
+            .arg(dest),
+    )
+    .unwrap();
+}
+
+/// The SD node p5 from `chbuild sd p5`: kernel, initramfs and command line
+/// read out of the image's own boot partition, the image as the disk,
+/// grown first so the first-boot grow step has room.
+#[test]
+fn sd_node_boots_from_its_image() {
+    skip_unless_ready!();
+    for (tool, package) in [("mcopy", "mtools"), ("sfdisk", "fdisk")] {
+        if chbuild::tools::which(tool).is_none() {
+            eprintln!("SKIP: {tool} is not installed (Debian package {package})");
+            return;
+        }
+    }
+    let _one = one_at_a_time();
+    let dir = workdir("p5");
+    let (secrets, store) = shared();
+    let out = dir.join("out");
+    // known_hosts comes with the image output.
+    chbuild_ok(
+        &["image", "p5", "--format", "dir", "--output", out.to_str().unwrap()],
+        secrets,
+        store,
+    );
+    let image = dir.join("p5.img");
+    let o = Command::new(env!("CARGO_BIN_EXE_chbuild"))
+        .args(["sd", "p5", "--output"])
+        .arg(&image)
+        .arg("--profile")
+        .arg(PROFILE)
+        .arg("--secrets")
+        .arg(secrets)
+        .arg("--store")
+        .arg(store)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .output()
+        .expect("running chbuild sd");
+    let err = String::from_utf8_lossy(&o.stderr);
+    if !o.status.success() && err.contains("not yet implemented") {
+        eprintln!("SKIP: `chbuild sd` is not implemented in this build: {err}");
+        return;
+    }
+    assert!(o.status.success(), "chbuild sd p5 failed: {err}");
+    let hostname = hostname_of(&out.join("p5"));
+
+    let parts = partitions(&image);
+    assert_eq!(parts.len(), 2, "boot and root partitions: {parts:?}");
+    let (boot_off, _) = parts[0];
+    let (_, root_size) = parts[1];
+    let listing = chbuild::tools::run_stdout(
+        Command::new("mdir")
+            .arg("-b")
+            .arg("-i")
+            .arg(format!("{}@@{boot_off}", image.display()))
+            .arg("::/"),
+    )
+    .unwrap();
+    let names: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("::/"))
+        .collect();
+    let pick = |prefix: &str| -> String {
+        let mut n: Vec<&&str> = names.iter().filter(|n| n.starts_with(prefix)).collect();
+        n.sort();
+        n.last()
+            .unwrap_or_else(|| panic!("no {prefix}* in the boot partition: {listing}"))
+            .to_string()
+    };
+    let kernel = dir.join("vmlinuz");
+    let initrd = dir.join("initrd.img");
+    let cmdline_txt = dir.join("cmdline.txt");
+    mcopy(&image, boot_off, &pick("vmlinuz-"), &kernel);
+    mcopy(&image, boot_off, &pick("initrd.img-"), &initrd);
+    mcopy(&image, boot_off, "cmdline.txt", &cmdline_txt);
+    let baked = std::fs::read_to_string(&cmdline_txt).unwrap();
+    assert!(baked.contains("root=PARTUUID="), "cmdline.txt: {baked}");
+    // The image's own arguments, so root=PARTUUID=... is what finds the
+    // root; the serial console added last becomes /dev/console.
+    let cmdline = format!("{} console=ttyAMA0", baked.trim());
+
+    // A card larger than the image: the first boot grows the root into it.
+    let grow_by: u64 = 512 << 20;
+    let len = std::fs::metadata(&image).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(len + grow_by)
+        .unwrap();
+
+    let spec = BootSpec {
+        kernel,
+        initrd,
+        cmdline,
+        root_args: vec![
+            "-drive".into(),
+            format!("file={},format=raw,if=none,id=sd", image.display()),
+            "-device".into(),
+            "virtio-blk-pci,drive=sd".into(),
+        ],
+        net: "172.16.2.0/24".into(),
+        gateway: "172.16.2.200".into(),
+        guest: "172.16.2.205".into(),
+        mac: "52:54:00:c1:05:05",
+    };
+    let mut vm = Vm::start("p5", &spec, &dir, &out.join("known_hosts"));
+    let id = vm.wait_booted(None);
+    vm.check_roles(&hostname);
+
+    // The root (found by PARTUUID) was grown to the end of the larger disk.
+    let root = vm.run("findmnt -no SOURCE /");
+    let part = vm.run(&format!("lsblk -bdno SIZE {root}"));
+    let part: u64 = part.parse().unwrap();
+    assert!(
+        part >= root_size + grow_by - (8 << 20),
+        "root partition {root} is {part} bytes, was {root_size} in a disk grown by {grow_by}"
+    );
+    let fs = vm.run(&format!(
+        "sudo -n dumpe2fs -h {root} 2>/dev/null | awk -F: '/^Block count/ {{c=$2}} /^Block size/ {{s=$2}} END {{print c*s}}'"
+    ));
+    let fs: u64 = fs.trim().parse().unwrap();
+    assert!(
+        fs + (8 << 20) >= part && fs > root_size + grow_by / 2,
+        "root file system is {fs} bytes in a {part}-byte partition (was {root_size})"
+    );
+
+    vm.check_firstboot_once(&id);
+    vm.check_roles(&hostname);
+    eprintln!("p5: all checks passed in {:.0?}", vm.started.elapsed());
+}
