@@ -42,7 +42,9 @@ fn skip_reason() -> Option<String> {
         ("ssh", "openssh-client"),
     ] {
         if chbuild::tools::which(tool).is_none() {
-            return Some(format!("{tool} is not installed (Debian package {package})"));
+            return Some(format!(
+                "{tool} is not installed (Debian package {package})"
+            ));
         }
     }
     None
@@ -168,28 +170,37 @@ impl Vm {
             spec.net, spec.gateway, spec.guest
         );
         let mut cmd = Command::new("qemu-system-aarch64");
-        cmd.args(["-M", "virt", "-cpu", "cortex-a57", "-m", "1024", "-smp", "2"])
-            .args(["-nographic", "-monitor", "none"])
-            .arg("-serial")
-            .arg(format!("file:{}", log.display()))
-            .arg("-kernel")
-            .arg(&spec.kernel)
-            .arg("-initrd")
-            .arg(&spec.initrd)
-            .arg("-append")
-            .arg(&spec.cmdline)
-            .args(&spec.root_args)
-            .args(["-netdev", &netdev])
-            // No option ROM: the virt machine boots the kernel directly, and
-            // a CI machine may lack ipxe-qemu's ROM files.
-            .arg("-device")
-            .arg(format!(
-                "virtio-net-pci,netdev=n0,mac={},romfile=",
-                spec.mac
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "-M",
+            "virt",
+            "-cpu",
+            "cortex-a57",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+        ])
+        .args(["-nographic", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-kernel")
+        .arg(&spec.kernel)
+        .arg("-initrd")
+        .arg(&spec.initrd)
+        .arg("-append")
+        .arg(&spec.cmdline)
+        .args(&spec.root_args)
+        .args(["-netdev", &netdev])
+        // No option ROM: the virt machine boots the kernel directly, and
+        // a CI machine may lack ipxe-qemu's ROM files.
+        .arg("-device")
+        .arg(format!(
+            "virtio-net-pci,netdev=n0,mac={},romfile=",
+            spec.mac
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         eprintln!("{name}: booting: {:?}", cmd);
         let child = cmd.spawn().expect("starting qemu-system-aarch64");
         let (secrets, _) = shared();
@@ -427,12 +438,7 @@ fn find_in(dir: &Path, prefix: &str) -> PathBuf {
     let mut hits: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(prefix)
-        })
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
         .collect();
     hits.sort();
     hits.pop()
@@ -474,7 +480,14 @@ fn zero_boots_from_its_tree() {
     let (secrets, store) = shared();
     let out = dir.join("out");
     chbuild_ok(
-        &["image", "z1", "--format", "dir", "--output", out.to_str().unwrap()],
+        &[
+            "image",
+            "z1",
+            "--format",
+            "dir",
+            "--output",
+            out.to_str().unwrap(),
+        ],
         secrets,
         store,
     );
@@ -586,7 +599,14 @@ fn sd_node_boots_from_its_image() {
     let out = dir.join("out");
     // known_hosts comes with the image output.
     chbuild_ok(
-        &["image", "p5", "--format", "dir", "--output", out.to_str().unwrap()],
+        &[
+            "image",
+            "p5",
+            "--format",
+            "dir",
+            "--output",
+            out.to_str().unwrap(),
+        ],
         secrets,
         store,
     );
