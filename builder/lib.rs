@@ -6,6 +6,8 @@
 pub mod artifact;
 pub mod cli;
 pub mod deploy;
+pub mod device;
+pub mod disk;
 pub mod import;
 pub mod overlay;
 pub mod pipeline;

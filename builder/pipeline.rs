@@ -1,6 +1,7 @@
 //! The build pipeline: profile -> store -> tree -> artifact. Each stage
 //! takes the previous stage's value; none reaches back.
 
+use crate::artifact::public::{self, SecretFile};
 use crate::artifact::{self, Manifest, NodeArtifact};
 use crate::cli::{Format, SdArgs};
 use crate::profile::{plan::NodePlan, Profile};
@@ -34,6 +35,20 @@ pub fn source_date_epoch(base: &BaseTree) -> Result<i64> {
         .with_context(|| format!("reading {}", base.root.display()))?;
     use std::os::unix::fs::MetadataExt;
     Ok(m.mtime().max(0))
+}
+
+/// The inputs hash of one node with the profile's overlay directories.
+fn node_inputs(
+    profile: &Profile,
+    plan: &NodePlan,
+    base: &BaseTree,
+    epoch: i64,
+    secrets: &Secrets,
+) -> Result<String> {
+    let overlay_dirs: Vec<PathBuf> = std::iter::once(overlays_dir(profile))
+        .chain(profile.overlay_dir.clone())
+        .collect();
+    inputs_hash(plan, base, epoch, secrets, &overlay_dirs)
 }
 
 /// Everything a node's tree depends on, hashed: rebuilding after a change
@@ -81,11 +96,7 @@ fn inputs_hash(
 /// found walking up from the profile's directory (`profiles/` sits next to
 /// it in a checkout), else the one chbuild was built from.
 pub fn overlays_dir(profile: &Profile) -> PathBuf {
-    let dir = std::fs::canonicalize(profile.dir()).unwrap_or_else(|_| profile.dir().to_path_buf());
-    dir.ancestors()
-        .map(|a| a.join("overlays"))
-        .find(|o| o.is_dir())
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays"))
+    shipped(profile, "overlays")
 }
 
 /// Compose one node's tree at `dest` (a temporary path) and bake every
@@ -97,6 +108,7 @@ pub fn build_tree(
     secrets: &Secrets,
     dest: &Path,
     epoch: i64,
+    public: Option<&mut Vec<SecretFile>>,
 ) -> Result<()> {
     let started = Instant::now();
     crate::tree::remove_tree(dest)?;
@@ -111,6 +123,9 @@ pub fn build_tree(
     };
     crate::roles::apply_roles(&ctx, dest)
         .with_context(|| format!("baking roles into {}", plan.name))?;
+    if let Some(collected) = public {
+        collected.extend(public::strip_secrets(dest, plan)?);
+    }
     crate::tree::clamp_mtimes(dest, epoch)?;
     tracing::info!(
         "{}: tree composed ({} linked, {} copied, {} MiB copied) in {:.1?}",
@@ -123,17 +138,20 @@ pub fn build_tree(
     Ok(())
 }
 
+/// Build node trees and artifacts into `out`. With `public`, every node is
+/// rebuilt, its secrets are taken out of the tree and collected there.
 pub fn image(
     profile: &Profile,
     store: &Store,
     nodes: &[String],
     out: &Path,
     format: Format,
+    mut public: Option<&mut Vec<SecretFile>>,
 ) -> Result<ImageReport> {
     let secrets = Secrets::load(profile)?;
     let base = store.ensure_base(&profile.base)?;
     let epoch = source_date_epoch(&base)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    create_private_dir(out)?;
     let mut manifest = Manifest::load(out)?
         .filter(|m| m.cluster == profile.name)
         .unwrap_or(Manifest {
@@ -155,26 +173,35 @@ pub fn image(
         built: vec![],
         unchanged: vec![],
     };
-    let overlay_dirs: Vec<PathBuf> = std::iter::once(overlays_dir(profile))
-        .chain(profile.overlay_dir.clone())
-        .collect();
     for name in nodes {
         let node = profile.node(name).expect("selection returns known nodes");
         let plan = profile.plan(node);
-        let inputs = inputs_hash(&plan, &base, epoch, &secrets, &overlay_dirs)?;
+        let inputs = format!(
+            "{}{}",
+            node_inputs(profile, &plan, &base, epoch, &secrets)?,
+            if public.is_some() { "-public" } else { "" }
+        );
         let tree = out.join(name);
         let tarball_name = format!("{name}.tar.zst");
         let want_tar = format == Format::TarZst;
         if let Some(prev) = manifest.nodes.iter().find(|n| &n.name == name) {
             let tar_ok = !want_tar || (prev.tarball.is_some() && out.join(&tarball_name).exists());
-            if prev.inputs == inputs && tree.is_dir() && tar_ok {
+            if prev.inputs == inputs && tree.is_dir() && tar_ok && public.is_none() {
                 tracing::info!("{name}: unchanged, not rebuilt");
                 report.unchanged.push(name.clone());
                 continue;
             }
         }
         let tmp = out.join(format!(".{name}.building"));
-        build_tree(profile, &plan, &base, &secrets, &tmp, epoch)?;
+        build_tree(
+            profile,
+            &plan,
+            &base,
+            &secrets,
+            &tmp,
+            epoch,
+            public.as_deref_mut(),
+        )?;
         let files_in_tree = count_files(&tmp)?;
         let (tarball, sha256, size) = if want_tar {
             let started = Instant::now();
@@ -228,6 +255,15 @@ pub fn image(
     Ok(report)
 }
 
+/// The output directory holds node trees and tarballs with secrets in
+/// them: only its owner may enter it.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod {}", dir.display()))
+}
+
 fn count_files(tree: &Path) -> Result<u64> {
     let mut n = 0;
     for e in walkdir::WalkDir::new(tree).follow_links(false) {
@@ -266,12 +302,236 @@ fn swap_tree(new: &Path, dest: &Path) -> Result<()> {
     }
 }
 
-pub fn sd(
-    _profile: &Profile,
-    _store: &Store,
-    _node: &str,
-    _args: &SdArgs,
-    _json: bool,
-) -> Result<()> {
-    anyhow::bail!("`chbuild sd` is not yet implemented")
+/// Find a file shipped with chbuild (`overlays/`, `images/...`): walking up
+/// from the profile's directory, else where chbuild was built from.
+fn shipped(profile: &Profile, rel: &str) -> PathBuf {
+    let dir = std::fs::canonicalize(profile.dir()).unwrap_or_else(|_| profile.dir().to_path_buf());
+    dir.ancestors()
+        .map(|a| a.join(rel))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+}
+
+#[derive(Debug, Serialize)]
+pub struct SdReport {
+    pub node: String,
+    pub image: crate::disk::SdImage,
+    pub reused: bool,
+    pub compressed: Option<PathBuf>,
+    pub written: Option<crate::device::WriteReport>,
+}
+
+/// Build (or reuse) the SD card image of an SD-booted node; optionally
+/// compress it and write it to a card.
+pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdArgs) -> Result<SdReport> {
+    let image_path = match &args.output {
+        Some(p) => p.clone(),
+        None => {
+            let dir = artifact::default_output_dir(profile);
+            create_private_dir(&dir)?;
+            dir.join(format!("{node}.img"))
+        }
+    };
+    let (image, reused) = sd_image(
+        profile,
+        store,
+        node,
+        &image_path,
+        args.layout.as_deref(),
+        None,
+    )?;
+    let compressed = match args.compress {
+        Some(kind) => Some(crate::disk::compress_image(&image_path, kind)?),
+        None => None,
+    };
+    let written = match &args.dev {
+        Some(dev) => Some(crate::device::write_image(
+            &image.image,
+            &image.bmap,
+            dev,
+            &crate::device::WriteOptions {
+                yes: args.yes,
+                force: args.force,
+            },
+        )?),
+        None => None,
+    };
+    Ok(SdReport {
+        node: node.to_string(),
+        image,
+        reused,
+        compressed,
+        written,
+    })
+}
+
+/// The SD image of one node at `image_path`, reused when its inputs are
+/// unchanged (never for a public build, whose secrets are collected).
+pub fn sd_image(
+    profile: &Profile,
+    store: &Store,
+    node: &str,
+    image_path: &Path,
+    layout: Option<&Path>,
+    public: Option<&mut Vec<SecretFile>>,
+) -> Result<(crate::disk::SdImage, bool)> {
+    let n = profile.node(node).expect("selection returns known nodes");
+    let plan = profile.plan(n);
+    if plan.kind != crate::profile::NodeKind::Sd {
+        return Err(crate::cli::UsageError(format!(
+            "{node} is a usbboot Zero, booted over NFS by ClusterCTRL: it has no SD card image (use `chbuild image {node}` and `chbuild deploy {node}`)"
+        ))
+        .into());
+    }
+    let layout_path = layout.map(Path::to_path_buf).unwrap_or_else(|| {
+        shipped(
+            profile,
+            &crate::disk::default_layout_path().to_string_lossy(),
+        )
+    });
+    let layout = crate::disk::load_layout(&layout_path)?;
+    let dir = image_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let secrets = Secrets::load(profile)?;
+    let base = store.ensure_base(&profile.base)?;
+    let epoch = source_date_epoch(&base)?;
+    let layout_text = std::fs::read(&layout_path)
+        .with_context(|| format!("reading {}", layout_path.display()))?;
+    let inputs = format!(
+        "{}-{}",
+        node_inputs(profile, &plan, &base, epoch, &secrets)?,
+        hex::encode(Sha256::digest(&layout_text))
+    );
+    let stamp = sd_stamp(image_path);
+    let sha_file = crate::disk::sha256_path(image_path);
+    let reused = public.is_none()
+        && image_path.exists()
+        && sha_file.exists()
+        && std::fs::read_to_string(&stamp)
+            .map(|s| s == inputs)
+            .unwrap_or(false);
+    if reused {
+        tracing::info!("{node}: {} is up to date, reused", image_path.display());
+        return Ok((crate::disk::SdImage::existing(image_path)?, true));
+    }
+    let _ = std::fs::remove_file(&stamp);
+    let tree = dir.join(format!(".{node}.sd-tree"));
+    let is_public = public.is_some();
+    build_tree(profile, &plan, &base, &secrets, &tree, epoch, public)?;
+    let started = Instant::now();
+    let built = crate::disk::build_sd_image(&plan, &tree, &layout, image_path, epoch as u64);
+    crate::tree::remove_tree(&tree)?;
+    let built = built?;
+    tracing::info!(
+        "{node}: {} ({} MiB) in {:.1?}",
+        image_path.display(),
+        built.size >> 20,
+        started.elapsed()
+    );
+    if !is_public {
+        artifact::write_atomic(&stamp, inputs.as_bytes())?;
+    }
+    Ok((built, false))
+}
+
+/// `.<image>.inputs`: what the image at that path was built from.
+fn sd_stamp(image: &Path) -> PathBuf {
+    image.with_file_name(format!(
+        ".{}.inputs",
+        image.file_name().unwrap_or_default().to_string_lossy()
+    ))
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReleaseReport {
+    pub output: PathBuf,
+    pub files: Vec<String>,
+    pub secrets_bundle: Option<PathBuf>,
+}
+
+/// Every artifact of the profile in one release directory: Zero tarballs,
+/// compressed SD images with their bmaps, manifest.json, SHA256SUMS and
+/// known_hosts. With `secrets_bundle`, the artifacts carry no secrets and
+/// the bundle (outside the release) holds them for deploy time.
+pub fn release(
+    profile: &Profile,
+    store: &Store,
+    out: &Path,
+    compress: crate::cli::Compress,
+    secrets_bundle: Option<&Path>,
+) -> Result<ReleaseReport> {
+    let all: Vec<String> = profile.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut collected: Vec<SecretFile> = vec![];
+    let public = secrets_bundle.is_some();
+    image(
+        profile,
+        store,
+        &all,
+        out,
+        Format::TarZst,
+        public.then_some(&mut collected),
+    )?;
+    let mut manifest = Manifest::load(out)?.context("the image step wrote no manifest")?;
+    for node in profile
+        .nodes
+        .iter()
+        .filter(|n| n.kind == crate::profile::NodeKind::Sd)
+    {
+        let img = out.join(format!("{}.img", node.name));
+        let (image, _) = sd_image(
+            profile,
+            store,
+            &node.name,
+            &img,
+            None,
+            public.then_some(&mut collected),
+        )?;
+        let packed = crate::disk::compress_image(&img, compress)?;
+        // The release ships the compressed image and its bmap only.
+        for f in [&img, &image.sha256_file, &sd_stamp(&img)] {
+            let _ = std::fs::remove_file(f);
+        }
+        let names = [
+            packed.file_name().unwrap().to_string_lossy().into_owned(),
+            image
+                .bmap
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        ];
+        let entry = manifest
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == node.name)
+            .expect("image built every node");
+        entry.files_extra = names
+            .iter()
+            .map(|n| artifact::ArtifactFile::of(out, n))
+            .collect::<Result<_>>()?;
+    }
+    // Trees are for local deploys; a release ships tarballs.
+    for n in &mut manifest.nodes {
+        crate::tree::remove_tree(&out.join(&n.tree))?;
+    }
+    manifest.save(out)?;
+    if let Some(bundle) = secrets_bundle {
+        public::write_bundle(bundle, &collected, manifest.source_date_epoch)?;
+        tracing::info!(
+            "secrets of {} nodes in {} (keep it private)",
+            profile.nodes.len(),
+            bundle.display()
+        );
+    }
+    let files = artifact::verify(out)?;
+    tracing::info!("release of {} files in {}", files.len(), out.display());
+    Ok(ReleaseReport {
+        output: out.to_path_buf(),
+        files,
+        secrets_bundle: secrets_bundle.map(Path::to_path_buf),
+    })
 }

@@ -35,9 +35,11 @@ fn write_secret(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<bool
         .create(parent)
         .with_context(|| format!("creating {}", parent.display()))?;
     // Write beside and rename, so a crash never leaves a truncated key.
+    // The pid keeps two concurrent runs from sharing a temporary file.
     let tmp = parent.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap().to_string_lossy()
+        ".{}.{}.tmp",
+        path.file_name().unwrap().to_string_lossy(),
+        std::process::id()
     ));
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()

@@ -20,10 +20,26 @@ pub const MKE2FS: Tool = Tool {
     package: "e2fsprogs (>= 1.47.1, from bookworm-backports on Debian 12)",
     why: "to build the ext4 root partition",
 };
+pub const LSBLK: Tool = Tool {
+    program: "lsblk",
+    package: "util-linux",
+    why: "to show a device's partitions before it is overwritten",
+};
 pub const MMDEBSTRAP: Tool = Tool {
     program: "mmdebstrap",
     package: "mmdebstrap",
     why: "to build a base from Debian packages",
+};
+
+pub const CLUSTERCTRL: Tool = Tool {
+    program: "clusterctrl",
+    package: "clusterctrl (from the ClusterCTRL controller image)",
+    why: "to switch Zero power and read its state",
+};
+pub const USBBOOT_INIT: Tool = Tool {
+    program: "usbboot-init",
+    package: "clusterctrl (from the ClusterCTRL controller image)",
+    why: "to configure a Zero's tree for USB boot the way ClusterCTRL does",
 };
 
 /// Find a program on PATH.

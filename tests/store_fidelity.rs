@@ -25,7 +25,11 @@ fn root_or_skip(what: &str) -> bool {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("starting a checker");
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -82,9 +86,10 @@ fn gnu_tar(archive: &Path, dest: &Path) {
         .arg(dest));
 }
 
-fn compare(archive: &Path) -> (usize, chbuild::store::BaseTree) {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(&tmp.path().join("store")).unwrap();
+/// Unpack with both into `work` (the caller's temporary directory, removed
+/// even when an assertion fails) and compare the dumps.
+fn compare(archive: &Path, work: &Path) -> (usize, chbuild::store::BaseTree) {
+    let store = Store::open(&work.join("store")).unwrap();
     let base = Base {
         source: BaseSource::Archive {
             path: archive.to_path_buf(),
@@ -95,11 +100,17 @@ fn compare(archive: &Path) -> (usize, chbuild::store::BaseTree) {
     };
     let tree = store.ensure_base(&base).unwrap();
     let ours = dump(&tree.root);
-    let theirs_dir = tmp.path().join("gnu");
+    let theirs_dir = work.join("gnu");
     gnu_tar(archive, &theirs_dir);
     let theirs = dump(&theirs_dir);
-    let only_ours: Vec<_> = ours.iter().filter(|l| theirs.binary_search(l).is_err()).collect();
-    let only_theirs: Vec<_> = theirs.iter().filter(|l| ours.binary_search(l).is_err()).collect();
+    let only_ours: Vec<_> = ours
+        .iter()
+        .filter(|l| theirs.binary_search(l).is_err())
+        .collect();
+    let only_theirs: Vec<_> = theirs
+        .iter()
+        .filter(|l| ours.binary_search(l).is_err())
+        .collect();
     assert!(
         only_ours.is_empty() && only_theirs.is_empty(),
         "chbuild and GNU tar differ on {}:\nchbuild only: {:#?}\nGNU tar only: {:#?}",
@@ -107,9 +118,6 @@ fn compare(archive: &Path) -> (usize, chbuild::store::BaseTree) {
         &only_ours[..only_ours.len().min(20)],
         &only_theirs[..only_theirs.len().min(20)]
     );
-    // Keep the store alive for the caller's checks on the tree.
-    let kept = tmp.keep();
-    let _ = kept;
     (ours.len(), tree)
 }
 
@@ -118,18 +126,22 @@ fn pi_fixture_matches_gnu_tar() {
     if !root_or_skip("comparing with GNU tar") {
         return;
     }
-    let (lines, tree) = compare(Path::new(PI));
+    let work = tempfile::tempdir().unwrap();
+    let (lines, tree) = compare(Path::new(PI), work.path());
     assert!(lines > 15_000, "only {lines} lines compared");
     // The attributes the issue names, checked by name as well.
     let cap = xattr::get(tree.root.join("usr/bin/ping"), "security.capability").unwrap();
     assert!(cap.is_some(), "ping lost its file capability");
-    let acl = xattr::get(tree.root.join("var/log/journal"), "system.posix_acl_default").unwrap();
+    let acl = xattr::get(
+        tree.root.join("var/log/journal"),
+        "system.posix_acl_default",
+    )
+    .unwrap();
     assert!(acl.is_some(), "var/log/journal lost its default ACL");
     let m = manifest::read_manifest(&tree.root.parent().unwrap().join(manifest::MANIFEST)).unwrap();
     assert_eq!(m.len(), 15_696);
     let ping = m.iter().find(|e| e.path == "usr/bin/ping").unwrap();
     assert!(ping.xattrs.contains_key("security.capability"));
-    std::fs::remove_dir_all(tree.root.parent().unwrap().parent().unwrap().parent().unwrap()).ok();
 }
 
 /// Every entry kind a root filesystem has, with the details tar-rs alone
@@ -141,9 +153,15 @@ fn crafted_entry_kinds_match_gnu_tar() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut b = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, kind: EntryType, mode: u32, link: Option<&str>, data: &[u8], pax: &[(&str, &[u8])]| {
+    let mut add = |path: &str,
+                   kind: EntryType,
+                   mode: u32,
+                   link: Option<&str>,
+                   data: &[u8],
+                   pax: &[(&str, &[u8])]| {
         if !pax.is_empty() {
-            b.append_pax_extensions(pax.iter().map(|(k, v)| (*k, *v))).unwrap();
+            b.append_pax_extensions(pax.iter().map(|(k, v)| (*k, *v)))
+                .unwrap();
         }
         let mut h = Header::new_gnu();
         h.set_path(path).unwrap();
@@ -166,22 +184,56 @@ fn crafted_entry_kinds_match_gnu_tar() {
     let dir_pax: &[(&str, &[u8])] = &[("mtime", b"1500000000.25"), ("SCHILY.xattr.user.dir", b"d")];
     add("./", EntryType::Directory, 0o755, None, b"", &[]);
     add("./dir/", EntryType::Directory, 0o2750, None, b"", dir_pax);
-    add("./dir/setuid", EntryType::Regular, 0o4755, None, b"#!/bin/sh\n", &[("SCHILY.xattr.user.k", b"v")]);
-    add("./dir/hard", EntryType::Link, 0o644, Some("./dir/setuid"), b"", &[]);
-    add("./dir/link", EntryType::Symlink, 0o777, Some("setuid"), b"", &[]);
+    add(
+        "./dir/setuid",
+        EntryType::Regular,
+        0o4755,
+        None,
+        b"#!/bin/sh\n",
+        &[("SCHILY.xattr.user.k", b"v")],
+    );
+    add(
+        "./dir/hard",
+        EntryType::Link,
+        0o644,
+        Some("./dir/setuid"),
+        b"",
+        &[],
+    );
+    add(
+        "./dir/link",
+        EntryType::Symlink,
+        0o777,
+        Some("setuid"),
+        b"",
+        &[],
+    );
     add("./dir/null", EntryType::Char, 0o666, None, b"", &[]);
     add("./dir/blk", EntryType::Block, 0o660, None, b"", &[]);
     add("./dir/fifo", EntryType::Fifo, 0o600, None, b"", &[]);
-    add("./sticky/", EntryType::Directory, 0o1777, None, b"", &[("mtime", b"0")]);
+    add(
+        "./sticky/",
+        EntryType::Directory,
+        0o1777,
+        None,
+        b"",
+        &[("mtime", b"0")],
+    );
     add("./ro/", EntryType::Directory, 0o555, None, b"", &[]);
-    add("./ro/file", EntryType::Regular, 0o444, None, b"x", &[("mtime", b"1700000000.999999999")]);
+    add(
+        "./ro/file",
+        EntryType::Regular,
+        0o444,
+        None,
+        b"x",
+        &[("mtime", b"1700000000.999999999")],
+    );
     let path = tmp.path().join("kinds.tar");
     std::fs::write(&path, b.into_inner().unwrap()).unwrap();
-    let (lines, tree) = compare(&path);
+    let (lines, tree) = compare(&path, tmp.path());
     assert!(lines >= 12, "{lines}");
     let md = std::fs::symlink_metadata(tree.root.join("dir/fifo")).unwrap();
     assert!(md.file_type().is_fifo());
     let md = std::fs::metadata(tree.root.join("sticky")).unwrap();
     assert_eq!(md.mtime(), 0, "mtime 0 must stay 0");
-    std::fs::remove_dir_all(tree.root.parent().unwrap().parent().unwrap().parent().unwrap()).ok();
 }

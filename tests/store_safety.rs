@@ -10,7 +10,13 @@ use tar::{EntryType, Header};
 
 /// Append an entry whose name is written raw: the tar crate's `set_path`
 /// refuses `..` and absolute names, which is what these tests need.
-fn raw(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: EntryType, link: Option<&str>, data: &[u8]) {
+fn raw(
+    b: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: EntryType,
+    link: Option<&str>,
+    data: &[u8],
+) {
     let mut h = Header::new_gnu();
     {
         let old = h.as_old_mut();
@@ -20,7 +26,11 @@ fn raw(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: EntryType, link: Option<
         }
     }
     h.set_entry_type(kind);
-    h.set_mode(if kind == EntryType::Directory { 0o755 } else { 0o644 });
+    h.set_mode(if kind == EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
     h.set_uid(0);
     h.set_gid(0);
     h.set_mtime(1_700_000_000);
@@ -70,7 +80,10 @@ fn refused(name: &str, build: impl FnOnce(&mut tar::Builder<Vec<u8>>), expect: &
     let err = store.ensure_base(&base(&a)).unwrap_err();
     let msg = format!("{err:#}");
     for e in expect {
-        assert!(msg.contains(e), "{name}: error `{msg}` should mention `{e}`");
+        assert!(
+            msg.contains(e),
+            "{name}: error `{msg}` should mention `{e}`"
+        );
     }
     assert_eq!(snapshot(&store.root), before, "{name}: the store changed");
     assert!(
@@ -140,7 +153,13 @@ fn hardlink_outside_is_refused() {
         "hardlink-dotdot.tar",
         |b| {
             raw(b, "./", EntryType::Directory, None, b"");
-            raw(b, "./passwd", EntryType::Link, Some("../../../etc/passwd"), b"");
+            raw(
+                b,
+                "./passwd",
+                EntryType::Link,
+                Some("../../../etc/passwd"),
+                b"",
+            );
         },
         &["./passwd", "`..`"],
     );
@@ -176,7 +195,13 @@ fn good_tar() -> Vec<u8> {
         })
         .collect();
     raw(&mut b, "./etc/data", EntryType::Regular, None, &data);
-    raw(&mut b, "./etc/hostname", EntryType::Regular, None, b"node\n");
+    raw(
+        &mut b,
+        "./etc/hostname",
+        EntryType::Regular,
+        None,
+        b"node\n",
+    );
     b.into_inner().unwrap()
 }
 
@@ -214,11 +239,19 @@ fn truncated_or_corrupt_archive_leaves_store_unchanged() {
         assert_eq!(snapshot(&store.root), before, "{name}: the store changed");
     }
     // The complete archives, whatever their compression, give one tree each.
-    for (name, bytes) in [("ok.tar", &tar), ("ok.tar.xz", &xz), ("ok.tar.gz", &gz), ("ok.zst", &zst)] {
+    for (name, bytes) in [
+        ("ok.tar", &tar),
+        ("ok.tar.xz", &xz),
+        ("ok.tar.gz", &gz),
+        ("ok.zst", &zst),
+    ] {
         let p = tmp.path().join(name);
         std::fs::write(&p, bytes).unwrap();
         let t = store.ensure_base(&base(&p)).unwrap();
-        assert_eq!(std::fs::read(t.root.join("etc/hostname")).unwrap(), b"node\n");
+        assert_eq!(
+            std::fs::read(t.root.join("etc/hostname")).unwrap(),
+            b"node\n"
+        );
     }
     assert_eq!(store.list().unwrap().len(), 4);
 }

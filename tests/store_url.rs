@@ -126,8 +126,14 @@ fn download_is_verified_stored_and_not_repeated() {
     assert_eq!(store.digest_of(&base).as_deref(), Some(sha.as_str()));
     let t = store.ensure_base(&base).unwrap();
     assert_eq!(t.digest, sha);
-    assert_eq!(std::fs::metadata(t.root.join("etc/data")).unwrap().len(), 400_000);
-    assert!(downloads(&store).is_empty(), "the archive is not kept once unpacked");
+    assert_eq!(
+        std::fs::metadata(t.root.join("etc/data")).unwrap().len(),
+        400_000
+    );
+    assert!(
+        downloads(&store).is_empty(),
+        "the archive is not kept once unpacked"
+    );
     let again = store.ensure_base(&base).unwrap();
     assert_eq!(again.root, t.root);
     assert_eq!(server.requests.lock().unwrap().len(), 1, "downloaded twice");
@@ -146,7 +152,11 @@ fn wrong_checksum_is_refused_and_not_kept() {
     assert!(msg.contains("checksum mismatch"), "{msg}");
     assert!(msg.contains(&"ab".repeat(32)), "{msg}");
     assert!(store.list().unwrap().is_empty());
-    assert!(downloads(&store).is_empty(), "a bad download was kept: {:?}", downloads(&store));
+    assert!(
+        downloads(&store).is_empty(),
+        "a bad download was kept: {:?}",
+        downloads(&store)
+    );
     assert!(!tmp.path().join("ab".repeat(32)).exists());
 }
 
@@ -160,13 +170,20 @@ fn interrupted_download_resumes_with_a_range_request() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path()).unwrap();
     let base = url_base(&server.url, ChecksumAlgorithm::Md5, md5);
-    assert_eq!(store.digest_of(&base), None, "an md5 says nothing about the sha256");
+    assert_eq!(
+        store.digest_of(&base),
+        None,
+        "an md5 says nothing about the sha256"
+    );
     let t = store.ensure_base(&base).unwrap();
     assert_eq!(t.digest, sha);
     let reqs = server.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 2, "{reqs:?}");
     assert_eq!(reqs[0], None);
-    assert_eq!(reqs[1].as_deref(), Some(format!("bytes={}-", len / 2).as_str()));
+    assert_eq!(
+        reqs[1].as_deref(),
+        Some(format!("bytes={}-", len / 2).as_str())
+    );
     // Known from now on without downloading.
     assert_eq!(store.digest_of(&base).as_deref(), Some(sha.as_str()));
 }

@@ -1,6 +1,8 @@
 //! Artifacts: node trees as deterministic tar.zst, `manifest.json` and
 //! `SHA256SUMS`. Same tree and epoch give byte-identical tarballs.
 
+pub mod public;
+
 use crate::profile::Profile;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -222,7 +224,18 @@ pub struct TarballInfo {
 /// xattrs as pax records, hardlinks inside the tree as link entries.
 pub fn write_tar_zst(tree: &Path, out: &Path, epoch: i64) -> Result<TarballInfo> {
     let tmp = tmp_sibling(out);
-    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // The tarball carries the node's secrets (munge key, host key, password
+    // hash): it is never readable by others.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::remove_file(&tmp);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?
+    };
     let hashing = HashingWriter {
         inner: BufWriter::new(file),
         hash: Sha256::new(),

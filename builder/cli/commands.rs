@@ -60,7 +60,7 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| crate::artifact::default_output_dir(&p));
             let st = store(cli)?;
-            let report = crate::pipeline::image(&p, &st, &nodes, &out, args.format)?;
+            let report = crate::pipeline::image(&p, &st, &nodes, &out, args.format, None)?;
             if cli.global.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
@@ -70,7 +70,11 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
             let p = load(cli)?;
             let nodes = select(&p, std::slice::from_ref(&args.node))?;
             let st = store(cli)?;
-            crate::pipeline::sd(&p, &st, &nodes[0], args, cli.global.json)
+            let report = crate::pipeline::sd(&p, &st, &nodes[0], args)?;
+            if cli.global.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
         }
         Verb::Deploy(args) => {
             let p = load(cli)?;
@@ -82,6 +86,25 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
         }
         Verb::ProfileReference => {
             print!("{}", profile::reference::markdown());
+            Ok(())
+        }
+        Verb::Release(a) => {
+            let p = load(cli)?;
+            let out = a
+                .output
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from("images/release").join(&p.name));
+            let bundle = a.public.then(|| {
+                a.secrets_bundle.clone().unwrap_or_else(|| {
+                    let name = out.file_name().unwrap_or_default().to_string_lossy();
+                    out.with_file_name(format!("{name}.secrets.tar.zst"))
+                })
+            });
+            let st = store(cli)?;
+            let report = crate::pipeline::release(&p, &st, &out, a.compress, bundle.as_deref())?;
+            if cli.global.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
             Ok(())
         }
         Verb::Verify { dir } => {

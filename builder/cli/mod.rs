@@ -69,6 +69,8 @@ pub enum Verb {
     /// Show and prune the base store
     #[command(subcommand)]
     Store(StoreVerb),
+    /// Build every artifact of the profile into one release directory
+    Release(ReleaseArgs),
     /// Re-check a release or output directory against its manifest
     Verify {
         /// The directory holding manifest.json and SHA256SUMS
@@ -90,6 +92,23 @@ pub enum Verb {
         #[arg(default_value = "target/man")]
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// Release directory (default: images/release/<cluster>)
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Leave every secret out of the artifacts; they go to a separate
+    /// secrets bundle for deploy time
+    #[arg(long)]
+    pub public: bool,
+    /// Where --public puts the secrets (default: <output>.secrets.tar.zst)
+    #[arg(long, requires = "public")]
+    pub secrets_bundle: Option<PathBuf>,
+    /// Compression of the SD images
+    #[arg(long, value_enum, default_value_t = Compress::Zst)]
+    pub compress: Compress,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +213,13 @@ pub struct DeployArgs {
     /// Deploy a bundle built elsewhere (the output directory of `image`)
     #[arg(long)]
     pub bundle: Option<PathBuf>,
+    /// Where `chbuild image` wrote the trees (default: images/out/<cluster>)
+    #[arg(long, short = 'o', conflicts_with = "bundle")]
+    pub output: Option<PathBuf>,
+    /// Put each node's secrets back from this bundle (made by
+    /// `chbuild release --public`)
+    #[arg(long)]
+    pub secrets_bundle: Option<PathBuf>,
     /// Show what would happen, change nothing
     #[arg(long)]
     pub dry_run: bool,

@@ -78,7 +78,10 @@ impl<R> HashingReader<R> {
         self.progress.finish();
         Hashes {
             sha256: hex::encode(self.sha256.finalize()),
-            md5: self.md5.map(|m| hex::encode(m.finalize())).unwrap_or_default(),
+            md5: self
+                .md5
+                .map(|m| hex::encode(m.finalize()))
+                .unwrap_or_default(),
         }
     }
 }
@@ -112,7 +115,8 @@ impl<R: BufRead> Decoder<R> {
             Compression::Zstd => {
                 let mut d = zstd::stream::read::Decoder::with_buffer(r)
                     .context("starting the zstd decoder")?;
-                d.window_log_max(31).context("configuring the zstd decoder")?;
+                d.window_log_max(31)
+                    .context("configuring the zstd decoder")?;
                 Decoder::Zstd(d)
             }
             Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(r)),
@@ -286,9 +290,7 @@ fn unpack_entry<R: Read>(
             }
         }
     }
-    let link = entry
-        .link_name()?
-        .map(|l| l.to_string_lossy().into_owned());
+    let link = entry.link_name()?.map(|l| l.to_string_lossy().into_owned());
     let mut rec = ManifestEntry {
         path: display_name(&rel),
         kind: EntryKind::File,
@@ -358,17 +360,19 @@ fn unpack_entry<R: Read>(
 /// pax times are decimal seconds with an optional fraction ("123.456").
 fn parse_pax_time(s: &str) -> Result<(i64, u32)> {
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    let secs: i64 = secs.parse().with_context(|| format!("bad pax time `{s}`"))?;
+    let secs: i64 = secs
+        .parse()
+        .with_context(|| format!("bad pax time `{s}`"))?;
     let mut nanos = 0u32;
     for (i, c) in frac.chars().take(9).enumerate() {
-        let d = c.to_digit(10).with_context(|| format!("bad pax time `{s}`"))?;
+        let d = c
+            .to_digit(10)
+            .with_context(|| format!("bad pax time `{s}`"))?;
         nanos += d * 10u32.pow(8 - i as u32);
     }
     // Negative times count the fraction away from zero.
-    if secs < 0 || s.starts_with('-') {
-        if nanos > 0 {
-            return Ok((secs - 1, 1_000_000_000 - nanos));
-        }
+    if (secs < 0 || s.starts_with('-')) && nanos > 0 {
+        return Ok((secs - 1, 1_000_000_000 - nanos));
     }
     Ok((secs, nanos))
 }
@@ -398,7 +402,10 @@ mod tests {
             Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd]).unwrap(),
             Compression::Zstd
         );
-        assert_eq!(Compression::detect(&[0x1f, 0x8b, 8]).unwrap(), Compression::Gzip);
+        assert_eq!(
+            Compression::detect(&[0x1f, 0x8b, 8]).unwrap(),
+            Compression::Gzip
+        );
         assert_eq!(Compression::detect(b"./etc").unwrap(), Compression::None);
         assert!(Compression::detect(b"BZh91AY").is_err());
     }

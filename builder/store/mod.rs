@@ -108,7 +108,9 @@ impl Store {
             BaseSource::Archive { path, checksum } => {
                 let t = self.ingest(path, checksum.as_ref(), path.display().to_string(), None)?;
                 self.index_put(&file_key(path)?, &t.digest)?;
-                if let Some(c) = checksum.as_ref().filter(|c| c.algorithm == ChecksumAlgorithm::Md5)
+                if let Some(c) = checksum
+                    .as_ref()
+                    .filter(|c| c.algorithm == ChecksumAlgorithm::Md5)
                 {
                     self.index_put(&md5_key(c), &t.digest)?;
                 }
@@ -129,7 +131,12 @@ impl Store {
                 let work = self.tempdir()?;
                 let tar = work.path().join("base.tar");
                 debian::build_tar(r, &tar)?;
-                self.ingest(&tar, None, debian::describe(r), Some(debian::recipe_digest(r)))
+                self.ingest(
+                    &tar,
+                    None,
+                    debian::describe(r),
+                    Some(debian::recipe_digest(r)),
+                )
             }
         }
     }
@@ -169,14 +176,13 @@ impl Store {
         };
         manifest::write_meta(&tmp.path().join(META), &meta)?;
         // Everything on disk before the name says it is complete.
-        let dir = File::open(tmp.path())
-            .with_context(|| format!("opening {}", tmp.path().display()))?;
+        let dir =
+            File::open(tmp.path()).with_context(|| format!("opening {}", tmp.path().display()))?;
         nix::unistd::syncfs(dir.as_raw_fd())
             .with_context(|| format!("syncing {}", tmp.path().display()))?;
         let dest = self.root.join(&digest);
-        fs::rename(tmp.path(), &dest).with_context(|| {
-            format!("renaming {} to {}", tmp.path().display(), dest.display())
-        })?;
+        fs::rename(tmp.path(), &dest)
+            .with_context(|| format!("renaming {} to {}", tmp.path().display(), dest.display()))?;
         let _ = tmp.keep();
         sync_dir(&self.root)?;
         tracing::info!(
@@ -255,8 +261,8 @@ impl Store {
 
     fn names(&self) -> Result<Vec<String>> {
         let mut names = vec![];
-        for e in fs::read_dir(&self.root)
-            .with_context(|| format!("reading {}", self.root.display()))?
+        for e in
+            fs::read_dir(&self.root).with_context(|| format!("reading {}", self.root.display()))?
         {
             let e = e.with_context(|| format!("reading {}", self.root.display()))?;
             names.push(e.file_name().to_string_lossy().into_owned());
@@ -322,7 +328,10 @@ fn file_key(path: &Path) -> Result<String> {
         md.ctime(),
         md.ctime_nsec()
     );
-    Ok(format!("file-{}", hex::encode(Sha256::digest(id.as_bytes()))))
+    Ok(format!(
+        "file-{}",
+        hex::encode(Sha256::digest(id.as_bytes()))
+    ))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -336,7 +345,11 @@ fn remove_tree(path: &Path) -> Result<()> {
     if fs::remove_dir_all(path).is_ok() {
         return Ok(());
     }
-    for e in walkdir::WalkDir::new(path).follow_links(false).into_iter().flatten() {
+    for e in walkdir::WalkDir::new(path)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+    {
         if e.file_type().is_dir() {
             use std::os::unix::fs::PermissionsExt;
             let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o700));

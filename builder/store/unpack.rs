@@ -120,9 +120,7 @@ impl Unpacker {
                     fs::create_dir(&full)
                         .with_context(|| format!("creating {}", full.display()))?;
                 }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("inspecting {}", full.display()))
-                }
+                Err(e) => return Err(e).with_context(|| format!("inspecting {}", full.display())),
             }
             self.dirs.insert(prefix.clone());
         }
@@ -170,7 +168,13 @@ impl Unpacker {
         Ok(())
     }
 
-    pub fn file(&mut self, rel: &Path, attrs: &Attrs, size: u64, data: &mut impl Read) -> Result<()> {
+    pub fn file(
+        &mut self,
+        rel: &Path,
+        attrs: &Attrs,
+        size: u64,
+        data: &mut impl Read,
+    ) -> Result<()> {
         self.prepare_parent(rel, true)?;
         let full = self.root.join(rel);
         let open = || {

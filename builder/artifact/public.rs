@@ -1,0 +1,219 @@
+//! Public releases: node trees without their secrets, and the per-cluster
+//! secrets bundle that puts them back at deploy time.
+//!
+//! The bundle is a zstd tar of `<node>/<path>` entries with their owners
+//! and modes; it is written 0600 and never beside the public artifacts.
+
+use crate::profile::plan::NodePlan;
+use anyhow::{Context, Result};
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// One secret file taken out of a node tree.
+#[derive(Debug, Clone)]
+pub struct SecretFile {
+    pub node: String,
+    pub path: String,
+    pub data: Vec<u8>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Tree-relative paths that hold a node's secrets.
+fn secret_paths(plan: &NodePlan) -> Vec<String> {
+    vec![
+        "etc/munge/munge.key".into(),
+        "etc/ssh/ssh_host_ed25519_key".into(),
+        "etc/rancher/k3s/config.yaml".into(),
+        "etc/shadow".into(),
+        format!("{}/userconf.txt", plan.boot_dir),
+    ]
+}
+
+/// Take the secrets out of a finished tree: secret files are removed, and
+/// `/etc/shadow` stays with the user's password locked (`!`), so the public
+/// tree is complete but opens to no one until its secrets are applied.
+pub fn strip_secrets(tree: &Path, plan: &NodePlan) -> Result<Vec<SecretFile>> {
+    let mut out = vec![];
+    for rel in secret_paths(plan) {
+        let p = tree.join(&rel);
+        let meta = match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_file() => m,
+            _ => continue,
+        };
+        let data = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        if rel == "etc/shadow" {
+            let locked = lock_user(&String::from_utf8_lossy(&data), &plan.user.name);
+            replace_file(&p, locked.as_bytes(), &meta)?;
+        } else {
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+        out.push(SecretFile {
+            node: plan.name.clone(),
+            path: rel,
+            data,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        });
+    }
+    Ok(out)
+}
+
+/// The shadow file with `user`'s password field replaced by `!`.
+fn lock_user(shadow: &str, user: &str) -> String {
+    shadow
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(':').collect();
+            if f.first() == Some(&user) && f.len() > 1 {
+                f[1] = "!";
+            }
+            f.join(":") + "\n"
+        })
+        .collect()
+}
+
+/// Write a new inode with the old one's owner, mode and mtime, then
+/// rename it over the old name (the old inode may be shared).
+fn replace_file(path: &Path, data: &[u8], meta: &fs::Metadata) -> Result<()> {
+    let mtime = filetime::FileTime::from_last_modification_time(meta);
+    write_inode(
+        path,
+        data,
+        meta.mode() & 0o7777,
+        meta.uid(),
+        meta.gid(),
+        Some(mtime),
+    )
+}
+
+/// Write `data` as a new inode with the given owner and mode (and mtime),
+/// beside `path`, and rename it into place.
+fn write_inode(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Option<filetime::FileTime>,
+) -> Result<()> {
+    let tmp = super::tmp_sibling(path);
+    let _ = fs::remove_file(&tmp);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, data))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid))
+            .with_context(|| format!("chown {}", tmp.display()))?;
+    }
+    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .with_context(|| format!("chmod {}", tmp.display()))?;
+    if let Some(t) = mtime {
+        filetime::set_file_times(&tmp, t, t)
+            .with_context(|| format!("setting times of {}", tmp.display()))?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
+}
+
+/// Write the bundle (sorted, deterministic for a given epoch), mode 0600.
+pub fn write_bundle(path: &Path, files: &[SecretFile], epoch: i64) -> Result<()> {
+    let mut files = files.to_vec();
+    files.sort_by(|a, b| (&a.node, &a.path).cmp(&(&b.node, &b.path)));
+    let tmp = super::tmp_sibling(path);
+    let _ = fs::remove_file(&tmp);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let mut enc = zstd::Encoder::new(f, 3)?;
+    enc.multithread(1)?;
+    let mut b = tar::Builder::new(enc);
+    for s in &files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(s.mode);
+        h.set_uid(s.uid as u64);
+        h.set_gid(s.gid as u64);
+        h.set_mtime(epoch.max(0) as u64);
+        h.set_size(s.data.len() as u64);
+        b.append_data(&mut h, format!("{}/{}", s.node, s.path), s.data.as_slice())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    let f = b
+        .into_inner()
+        .and_then(|e| e.finish())
+        .with_context(|| format!("finishing {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
+}
+
+/// The secret files of one node in a bundle.
+pub fn read_bundle(path: &Path, node: &str) -> Result<Vec<SecretFile>> {
+    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut ar = tar::Archive::new(zstd::Decoder::new(f)?);
+    let mut out = vec![];
+    for e in ar
+        .entries()
+        .with_context(|| format!("reading {}", path.display()))?
+    {
+        let mut e = e.with_context(|| format!("reading {}", path.display()))?;
+        let name = e.path()?.to_string_lossy().into_owned();
+        let Some(rel) = name.strip_prefix(&format!("{node}/")) else {
+            continue;
+        };
+        // Only the known secret files, never a path that could climb out.
+        if rel.split('/').any(|c| c == ".." || c.is_empty()) {
+            anyhow::bail!(
+                "{}: entry {name} is not a plain relative path",
+                path.display()
+            );
+        }
+        let mut data = vec![];
+        e.read_to_end(&mut data)?;
+        let h = e.header();
+        out.push(SecretFile {
+            node: node.to_string(),
+            path: rel.to_string(),
+            data,
+            mode: h.mode()?,
+            uid: h.uid()? as u32,
+            gid: h.gid()? as u32,
+        });
+    }
+    Ok(out)
+}
+
+/// Put a node's secrets back into its (staged) tree, each as a new inode.
+pub fn apply_secrets(tree: &Path, files: &[SecretFile]) -> Result<Vec<PathBuf>> {
+    let mut written = vec![];
+    for s in files {
+        let p = tree.join(&s.path);
+        let parent = p.parent().expect("secret paths have a parent");
+        if !parent.is_dir() {
+            anyhow::bail!("{}: the tree has no {}", tree.display(), parent.display());
+        }
+        write_inode(&p, &s.data, s.mode, s.uid, s.gid, None)?;
+        written.push(PathBuf::from(&s.path));
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lock_user_locks_only_that_user() {
+        let s = super::lock_user("root:*:1::::::\npi:$6$x$y:19000:0:99999:7:::\n", "pi");
+        assert_eq!(s, "root:*:1::::::\npi:!:19000:0:99999:7:::\n");
+    }
+}
