@@ -372,7 +372,10 @@ impl Vm {
 
         // munge with the baked key.
         let key = self.run("sudo -n stat -c '%a %U %G' /etc/munge/munge.key");
-        assert_eq!(key, "400 munge munge", "mode and owner of /etc/munge/munge.key");
+        assert_eq!(
+            key, "400 munge munge",
+            "mode and owner of /etc/munge/munge.key"
+        );
         let un = self.run("munge -n | unmunge");
         assert!(un.contains("STATUS:          Success (0)"), "{un}");
 
