@@ -462,7 +462,11 @@ fn ninep_cmdline(baked: &str) -> String {
         "console=ttyAMA0",
         "root=rootfs",
         "rootfstype=9p",
-        "rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=mmap",
+        // cache=loose: nothing changes the tree on the host while the
+        // guest runs, and without guest caching every lookup is a round
+        // trip through emulated virtio; udev's coldplug then outlasts
+        // ifupdown-pre's `udevadm settle` timeout.
+        "rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose",
     ]);
     args.join(" ")
 }
