@@ -2,26 +2,14 @@
 //! trees, `chbuild verify` accepts the output, `chbuild deploy` installs
 //! them under a prefix as ClusterCTRL's pN directories.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod cli_support;
 
-const PROFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/profiles/fixture.toml");
+use cli_support::Chbuild;
+use std::path::PathBuf;
+use std::process::Output;
 
 fn chbuild(args: &[&str]) -> Output {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("end_to_end");
-    std::fs::create_dir_all(&root).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_chbuild"))
-        .args(args)
-        .arg("--profile")
-        .arg(PROFILE)
-        .arg("--store")
-        .arg(root.join("store"))
-        .arg("--secrets")
-        .arg(root.join("secrets"))
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    Chbuild::new("end_to_end", "fixture.toml").run(args)
 }
 
 fn ok(o: Output) -> Output {
@@ -31,10 +19,7 @@ fn ok(o: Output) -> Output {
 
 #[test]
 fn image_verify_and_deploy_two_zeros() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/debian-bookworm-arm64-minbase.tar.xz");
-    if !fixture.exists() {
-        eprintln!("SKIP: {} is missing", fixture.display());
+    if !cli_support::fixture_present() {
         return;
     }
     if !nix::unistd::geteuid().is_root() {

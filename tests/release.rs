@@ -4,26 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+mod cli_support;
+
+use cli_support::Chbuild;
 use std::path::Path;
 use std::process::{Command, Output};
 
-const PROFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/profiles/release.toml");
-
 fn chbuild(args: &[&str]) -> Output {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("release");
-    std::fs::create_dir_all(&root).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_chbuild"))
-        .args(args)
-        .arg("--profile")
-        .arg(PROFILE)
-        .arg("--store")
-        .arg(root.join("store"))
-        .arg("--secrets")
-        .arg(root.join("secrets"))
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    Chbuild::new("release", "release.toml").run(args)
 }
 
 fn ok(o: Output) -> Output {
@@ -56,10 +44,7 @@ fn tar_list(tarball: &Path) -> String {
 
 #[test]
 fn public_release_is_complete_reproducible_and_secret_free() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/debian-bookworm-arm64-minbase.tar.xz");
-    if !fixture.exists() {
-        eprintln!("SKIP: {} is missing", fixture.display());
+    if !cli_support::fixture_present() {
         return;
     }
     let t = tempfile::tempdir().unwrap();

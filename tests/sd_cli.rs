@@ -2,46 +2,27 @@
 //! fixture with every role baked in, reuse of an up-to-date image, and a
 //! write to a loop device standing in for a card.
 
+mod cli_support;
+
+use cli_support::Chbuild;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-const PROFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/profiles/fixture.toml");
-
-fn dirs() -> (PathBuf, PathBuf) {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sd_cli");
-    std::fs::create_dir_all(&root).unwrap();
-    (root.join("store"), root.join("secrets"))
+fn cli() -> Chbuild {
+    Chbuild::new("sd_cli", "fixture.toml")
 }
 
 fn chbuild(args: &[&str]) -> Output {
-    let (store, secrets) = dirs();
-    Command::new(env!("CARGO_BIN_EXE_chbuild"))
-        .args(args)
-        .arg("--profile")
-        .arg(PROFILE)
-        .arg("--store")
-        .arg(store)
-        .arg("--secrets")
-        .arg(secrets)
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    cli().run(args)
 }
 
+/// The fixture is there and the secrets exist (made once).
 fn ready() -> bool {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/debian-bookworm-arm64-minbase.tar.xz");
-    if !fixture.exists() {
-        eprintln!("SKIP: {} is missing", fixture.display());
+    if !cli_support::fixture_present() {
         return false;
     }
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        let o = chbuild(&["secrets", "init"]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    });
+    cli().init_secrets();
     true
 }
 
