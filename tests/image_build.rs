@@ -1,61 +1,26 @@
 //! `chbuild image` end to end on the minbase fixture: artifacts,
 //! reproducibility, sibling isolation and incremental rebuilds.
 
+mod cli_support;
+
+use cli_support::{fixture_present, Chbuild};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
-
-const PROFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/profiles/fixture.toml");
-const EPOCH: &str = "1700000000";
-
-fn fixture_present() -> bool {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/debian-bookworm-arm64-minbase.tar.xz");
-    if !p.exists() {
-        eprintln!("SKIP: fixture {} is missing", p.display());
-    }
-    p.exists()
-}
 
 /// One store and one secrets directory for the whole test binary, so the
 /// base is ingested once.
-fn shared() -> &'static (PathBuf, PathBuf) {
-    static DIRS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    DIRS.get_or_init(|| {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("image_build");
-        let store = root.join("store");
-        let secrets = root.join("secrets");
-        std::fs::create_dir_all(&root).unwrap();
-        let o = run(&["secrets", "init"], &secrets, &store, &[]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        (store, secrets)
-    })
-}
-
-fn run(args: &[&str], secrets: &Path, store: &Path, env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_chbuild"));
-    c.args(args)
-        .arg("--profile")
-        .arg(PROFILE)
-        .arg("--secrets")
-        .arg(secrets)
-        .arg("--store")
-        .arg(store)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("CHBUILD_PASSWORD_HASH");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("running chbuild")
+fn cli() -> Chbuild {
+    let c = Chbuild::new("image_build", "fixture.toml");
+    c.init_secrets();
+    c
 }
 
 fn image(nodes: &[&str], out: &Path) -> Output {
-    let (store, secrets) = shared();
     let mut args = vec!["image"];
     args.extend_from_slice(nodes);
     args.extend_from_slice(&["--output", out.to_str().unwrap()]);
-    let o = run(&args, secrets, store, &[]);
+    let o = cli().run(&args);
     assert!(
         o.status.success(),
         "chbuild image failed: {}",
@@ -214,32 +179,21 @@ fn unchanged_nodes_are_not_rebuilt_and_changes_touch_only_their_node() {
     assert_eq!((t1, t2), (mtime("z1.tar.zst"), mtime("z2.tar.zst")));
 
     // A host override on z2 rebuilds z2 only.
-    let text = std::fs::read_to_string(PROFILE).unwrap();
+    let base = cli();
+    let text = std::fs::read_to_string(&base.profile).unwrap();
     let changed = text.replacen(
         "slot = 2\naddress = \"172.19.181.2\"\ngroups = [\"zerocluster\"]",
         "slot = 2\naddress = \"172.19.181.2\"\ngroups = [\"zerocluster\"]\noverrides = { packages = [\"tmux\"] }",
         1,
     );
     assert_ne!(text, changed);
-    let p2 = Path::new(PROFILE).with_file_name("fixture-changed.toml");
+    let p2 = base.profile.with_file_name("fixture-changed.toml");
     std::fs::write(&p2, changed).unwrap();
-    let (store, secrets) = shared();
-    let o = Command::new(env!("CARGO_BIN_EXE_chbuild"))
-        .args([
-            "image",
-            "z1..z2",
-            "--output",
-            out.to_str().unwrap(),
-            "--profile",
-            p2.to_str().unwrap(),
-        ])
-        .arg("--secrets")
-        .arg(secrets)
-        .arg("--store")
-        .arg(store)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .output()
-        .unwrap();
+    let changed_cli = Chbuild {
+        profile: p2.clone(),
+        ..base
+    };
+    let o = changed_cli.run(&["image", "z1..z2", "--output", out.to_str().unwrap()]);
     let _ = std::fs::remove_file(&p2);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
@@ -254,17 +208,17 @@ fn unchanged_nodes_are_not_rebuilt_and_changes_touch_only_their_node() {
 #[test]
 fn image_without_secrets_says_what_to_run() {
     let t = tempfile::tempdir().unwrap();
-    let o = run(
-        &[
-            "image",
-            "z1",
-            "--output",
-            t.path().join("o").to_str().unwrap(),
-        ],
-        &t.path().join("none"),
-        &t.path().join("store"),
-        &[],
-    );
+    let nothing = Chbuild {
+        profile: cli_support::profile("fixture.toml"),
+        store: t.path().join("store"),
+        secrets: t.path().join("none"),
+    };
+    let o = nothing.run(&[
+        "image",
+        "z1",
+        "--output",
+        t.path().join("o").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("chbuild secrets init"), "{err}");
