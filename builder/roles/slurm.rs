@@ -3,89 +3,42 @@
 //! The controller is the `SlurmctldHost` under its one host name (Slurm
 //! has no alias key; the aliases live in /etc/hosts). The Zeros form the
 //! `zero` partition; the LAN Pis join (partition `pi`) only with
-//! `slurm_include_picluster`.
+//! `slurm_include_picluster`. The files are `overlays/roles/slurm/`.
 
-use super::{enable_or_defer, Pending, RoleCtx};
-use crate::overlay::write::{Owner, TreeWriter};
+use super::{enable_or_defer, Pending, RoleCtx, Templates};
+use crate::overlay::write::TreeWriter;
 use crate::profile::plan::NodePlan;
 use anyhow::Result;
+use serde_json::{json, Value};
 
-pub fn slurm_conf(plan: &NodePlan) -> String {
-    let mut s = format!(
-        "# Written by chbuild from the profile; identical on every node.\n\
-         ClusterName={cluster}\n\
-         SlurmctldHost={ctl}\n\
-         AuthType=auth/munge\n\
-         CredType=cred/munge\n\
-         MpiDefault=none\n\
-         MailProg=/bin/true\n\
-         ProctrackType=proctrack/cgroup\n\
-         TaskPlugin=task/affinity,task/cgroup\n\
-         ReturnToService=2\n\
-         SlurmctldPidFile=/run/slurmctld.pid\n\
-         SlurmdPidFile=/run/slurmd.pid\n\
-         SlurmctldPort=6817\n\
-         SlurmdPort=6818\n\
-         SlurmdSpoolDir=/var/lib/slurm/slurmd\n\
-         StateSaveLocation=/var/lib/slurm/slurmctld\n\
-         SlurmUser=slurm\n\
-         SwitchType=switch/none\n\
-         SchedulerType=sched/backfill\n\
-         SelectType=select/cons_tres\n\
-         SelectTypeParameters=CR_Core_Memory\n\
-         JobAcctGatherType=jobacct_gather/none\n\
-         AccountingStorageType=accounting_storage/none\n\
-         SlurmctldLogFile=/var/log/slurm/slurmctld.log\n\
-         SlurmdLogFile=/var/log/slurm/slurmd.log\n\
-         \n",
-        cluster = plan.cluster.to_lowercase(),
-        ctl = plan.controller.hostname,
-    );
-    for n in &plan.slurm_nodes {
-        s.push_str(&format!(
-            "NodeName={} NodeAddr={} CPUs={} RealMemory={} State=UNKNOWN\n",
-            n.name, n.address, n.cpus, n.memory_mb
-        ));
-    }
-    s.push('\n');
-    let mut default = true;
-    for (name, nodes) in [
+/// What the templates read as `roles.slurm`: the cluster name Slurm sees
+/// and the partitions, the first non-empty one the default.
+pub fn values(plan: &NodePlan) -> Value {
+    let partitions: Vec<Value> = [
         ("zero", &plan.slurm_zero_nodes),
         ("pi", &plan.slurm_pi_nodes),
-    ] {
-        if nodes.is_empty() {
-            continue;
-        }
-        s.push_str(&format!(
-            "PartitionName={name} Nodes={} Default={} MaxTime=INFINITE State=UP\n",
-            nodes.join(","),
-            if default { "YES" } else { "NO" }
-        ));
-        default = false;
-    }
-    s
+    ]
+    .into_iter()
+    .filter(|(_, nodes)| !nodes.is_empty())
+    .enumerate()
+    .map(|(i, (name, nodes))| json!({"name": name, "nodes": nodes, "default": i == 0}))
+    .collect();
+    json!({
+        "cluster_name": plan.cluster.to_lowercase(),
+        "partitions": partitions,
+    })
 }
 
-pub const CGROUP_CONF: &str = "# Written by chbuild.\n\
-ConstrainCores=yes\n\
-ConstrainRAMSpace=yes\n";
-
-pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter, pending: &mut Pending) -> Result<()> {
+pub fn apply(
+    ctx: &RoleCtx,
+    t: &mut Templates,
+    w: &mut TreeWriter,
+    pending: &mut Pending,
+) -> Result<()> {
     if !ctx.plan.slurm {
         return Ok(());
     }
-    w.write(
-        "etc/slurm/slurm.conf",
-        slurm_conf(ctx.plan).as_bytes(),
-        0o644,
-        Owner::ROOT,
-    )?;
-    w.write(
-        "etc/slurm/cgroup.conf",
-        CGROUP_CONF.as_bytes(),
-        0o644,
-        Owner::ROOT,
-    )?;
+    t.apply(w, "slurm", values(ctx.plan))?;
     pending.packages.push("slurmd".into());
     enable_or_defer(w, pending, "slurmd.service", "multi-user.target")
 }

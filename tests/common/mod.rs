@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+use chbuild::overlay::Overlays;
 use chbuild::profile::{parse_profile_with_secrets, Profile};
 use chbuild::roles::{apply_roles, known_hosts, RoleCtx};
 use chbuild::secrets::{self, Secrets};
@@ -125,7 +126,11 @@ pub fn build_with_secrets(
     setup(&mut profile, &scratch);
     secrets::init(&profile, &secrets_dir, false).unwrap();
     let secrets = Secrets::load(&profile).unwrap();
-    let overlays_dir = profile.dir().join("../overlays");
+    let overlays = Overlays::builtin().unwrap();
+    // As the pipeline: SOURCE_DATE_EPOCH, else the base's time.
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|_| std::fs::metadata(base.join("etc")).unwrap().mtime());
     let mut trees = BTreeMap::new();
     let mut written = BTreeMap::new();
     for name in nodes {
@@ -137,7 +142,8 @@ pub fn build_with_secrets(
             profile: &profile,
             plan: &plan,
             secrets: &secrets,
-            overlays_dir: &overlays_dir,
+            overlays: &overlays,
+            epoch,
         };
         written.insert(name.to_string(), apply_roles(&ctx, &tree).unwrap());
         trees.insert(name.to_string(), tree);

@@ -101,7 +101,10 @@ pub fn assert_dir(dir: &Path, actual: &BTreeMap<PathBuf, Vec<u8>>) {
         }
     }
     for rel in expected.keys().filter(|r| !actual.contains_key(*r)) {
-        problems.push(format!("{}: in the snapshot, no longer produced", rel.display()));
+        problems.push(format!(
+            "{}: in the snapshot, no longer produced",
+            rel.display()
+        ));
     }
     assert!(
         problems.is_empty(),
