@@ -418,59 +418,71 @@ pub fn run(
 
     let mut reports = Vec::new();
     for j in &jobs {
-        let diff = if args.diff {
-            let lines = diff_against_deployed(j, &nfs)?;
-            on(Event::Diff {
-                node: &j.plan.name,
-                pname: &j.pname,
-                lines: &lines,
-            });
-            Some(lines)
-        } else {
-            None
-        };
-        let steps = j.steps(args);
-        let action = if j.unchanged { "unchanged" } else { "deployed" };
-        if args.dry_run {
-            on(Event::Planned {
-                node: &j.plan.name,
-                pname: &j.pname,
-                action,
-                steps: &steps,
-            });
-        } else if j.unchanged {
-            tracing::info!(
-                "{} ({}): unchanged, build {} is in place",
-                j.plan.name,
-                j.pname,
-                short(&j.src.build)
-            );
-        } else {
-            let d = d.as_ref().expect("the NFS directory exists in a real run");
-            deploy_node(d, j, args, &nfs_server).with_context(|| {
-                format!(
-                    "deploying {} to {}",
-                    j.plan.name,
-                    nfs.join(&j.pname).display()
-                )
-            })?;
-        }
-        reports.push(NodeReport {
-            node: j.plan.name.clone(),
-            slot: j.slot,
-            action: if args.dry_run {
-                format!("would-{action}")
-            } else {
-                action.into()
-            },
-            build: Some(j.src.build.clone()),
-            previous: j.previous.clone(),
-            usbboot_init: (!j.unchanged).then(|| j.init_note()),
-            steps,
-            diff,
-        });
+        reports.push(run_job(j, d.as_ref(), &nfs, args, &nfs_server, on)?);
     }
     Ok(reports)
+}
+
+/// Deploy one node (or, in a dry run, say what would happen to it).
+fn run_job(
+    j: &Job,
+    d: Option<&NfsDir>,
+    nfs: &Path,
+    args: &DeployOptions,
+    nfs_server: &str,
+    on: &mut dyn FnMut(Event),
+) -> Result<NodeReport> {
+    let diff = if args.diff {
+        let lines = diff_against_deployed(j, nfs)?;
+        on(Event::Diff {
+            node: &j.plan.name,
+            pname: &j.pname,
+            lines: &lines,
+        });
+        Some(lines)
+    } else {
+        None
+    };
+    let steps = j.steps(args);
+    let action = if j.unchanged { "unchanged" } else { "deployed" };
+    if args.dry_run {
+        on(Event::Planned {
+            node: &j.plan.name,
+            pname: &j.pname,
+            action,
+            steps: &steps,
+        });
+    } else if j.unchanged {
+        tracing::info!(
+            "{} ({}): unchanged, build {} is in place",
+            j.plan.name,
+            j.pname,
+            short(&j.src.build)
+        );
+    } else {
+        let d = d.expect("the NFS directory exists in a real run");
+        deploy_node(d, j, args, nfs_server).with_context(|| {
+            format!(
+                "deploying {} to {}",
+                j.plan.name,
+                nfs.join(&j.pname).display()
+            )
+        })?;
+    }
+    Ok(NodeReport {
+        node: j.plan.name.clone(),
+        slot: j.slot,
+        action: if args.dry_run {
+            format!("would-{action}")
+        } else {
+            action.into()
+        },
+        build: Some(j.src.build.clone()),
+        previous: j.previous.clone(),
+        usbboot_init: (!j.unchanged).then(|| j.init_note()),
+        steps,
+        diff,
+    })
 }
 
 /// Decide every node's deploy before anything runs.
