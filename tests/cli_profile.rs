@@ -373,6 +373,14 @@ fn help_of_every_verb_matches_its_snapshot() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// Under CI a test that would skip fails, with its reason.
+#[test]
+#[should_panic(expected = "fails under CI=true: the fixture is missing")]
+fn a_skip_fails_under_ci() {
+    support::skip_in(false, "outside CI this only prints");
+    support::skip_in(true, "the fixture is missing");
+}
+
 #[test]
 fn secrets_init_makes_private_files_and_keeps_existing_ones() {
     let dir = tempfile::tempdir().unwrap();
