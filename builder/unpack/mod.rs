@@ -458,7 +458,7 @@ mod tests {
             let root = t.path().join(format!("root-{second:?}"));
             let err = unpack(b.into_inner().unwrap(), &root).unwrap_err();
             let msg = format!("{err:#}");
-            assert!(msg.contains("archive entry `./d/x` in t.tar"), "{msg}");
+            assert!(msg.contains("archive entry `d/x` in t.tar"), "{msg}");
             assert!(msg.contains("is a symbolic link"), "{msg}");
             assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "{second:?}");
         }
