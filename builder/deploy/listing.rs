@@ -40,11 +40,7 @@ fn hash_reader(r: &mut impl Read) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    hash_reader(&mut f).with_context(|| format!("reading {}", path.display()))
-}
+use crate::artifact::sha256_file;
 
 /// Listing of a directory tree; `with_content` also hashes every file.
 pub fn of_dir(root: &Path, with_content: bool) -> Result<Listing> {

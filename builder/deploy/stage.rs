@@ -39,7 +39,7 @@ pub fn from_tarball(tarball: &Path, dst: &Path) -> Result<CopyStats> {
     let f = File::open(tarball).with_context(|| format!("opening {}", tarball.display()))?;
     let len = f.metadata().map(|m| m.len()).ok();
     let mut progress = crate::progress::Progress::bytes("unpacking", len);
-    let counted = CountingReader {
+    let counted = crate::progress::ProgressReader {
         inner: f,
         progress: &mut progress,
     };
@@ -65,18 +65,6 @@ pub fn from_tarball(tarball: &Path, dst: &Path) -> Result<CopyStats> {
     Ok(stats)
 }
 
-struct CountingReader<'a, R> {
-    inner: R,
-    progress: &'a mut crate::progress::Progress,
-}
-
-impl<R: std::io::Read> std::io::Read for CountingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.inc(n as u64);
-        Ok(n)
-    }
-}
 
 /// Bytes and inodes the staged tree will take: every file that is copied
 /// (counted once per inode), and one inode per entry.

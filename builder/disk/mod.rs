@@ -292,7 +292,7 @@ pub fn compress_image(image: &Path, kind: Compress) -> Result<PathBuf> {
         .unwrap_or(1);
     let len = input.metadata().map(|m| m.len()).ok();
     let mut progress = crate::progress::Progress::bytes("compressing", len);
-    let mut reader = ProgressReader {
+    let mut reader = crate::progress::ProgressReader {
         inner: &mut input,
         progress: &mut progress,
     };
@@ -324,18 +324,6 @@ pub fn compress_image(image: &Path, kind: Compress) -> Result<PathBuf> {
     Ok(out)
 }
 
-struct ProgressReader<'a, R> {
-    inner: &'a mut R,
-    progress: &'a mut crate::progress::Progress,
-}
-
-impl<R: std::io::Read> std::io::Read for ProgressReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.inc(n as u64);
-        Ok(n)
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -146,6 +146,22 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>> {
     Ok(out)
 }
 
+/// Stream a file through `each`, a MiB at a time (hashing, mostly).
+pub fn read_chunks(path: &Path, mut each: impl FnMut(&[u8])) -> Result<()> {
+    use std::io::Read;
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        each(&buf[..n]);
+    }
+}
+
 /// Remove a tree, tolerating one that is not there and directories an
 /// archive made read-only (which stop a rootless removal).
 pub fn remove_tree(path: &Path) -> Result<()> {
