@@ -217,7 +217,12 @@ pub fn write_tar_zst(tree: &Path, out: &Path, epoch: i64) -> Result<TarballInfo>
 }
 
 /// The tar.zst stream of `tree` into `file`: (sha256, size, regular files).
-fn write_entries(tree: &Path, file: &fs::File, tmp: &Path, epoch: i64) -> Result<(String, u64, u64)> {
+fn write_entries(
+    tree: &Path,
+    file: &fs::File,
+    tmp: &Path,
+    epoch: i64,
+) -> Result<(String, u64, u64)> {
     let hashing = HashingWriter {
         inner: BufWriter::new(file),
         hash: Sha256::new(),

@@ -65,7 +65,6 @@ pub fn from_tarball(tarball: &Path, dst: &Path) -> Result<CopyStats> {
     Ok(stats)
 }
 
-
 /// Bytes and inodes the staged tree will take: every file that is copied
 /// (counted once per inode), and one inode per entry.
 pub fn needed_space(src: &Path, link: bool) -> Result<(u64, u64)> {

@@ -13,8 +13,8 @@ mod treefix;
 pub use layout::{default_layout_path, load_layout, parse_layout, Layout, TableKind};
 
 use crate::cli::Compress;
-use crate::profile::plan::NodePlan;
 use crate::fs::{Durability, Inode, NewFile};
+use crate::profile::plan::NodePlan;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -323,7 +323,6 @@ pub fn compress_image(image: &Path, kind: Compress) -> Result<PathBuf> {
     tmp.commit()?;
     Ok(out)
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -219,7 +219,9 @@ fn prepare(
     let dir = path.parent().context("no parent")?;
     ensure_dirs(tree, dir.strip_prefix(tree).unwrap_or(Path::new("")), times)?;
     times.keep(dir)?;
-    let old = std::fs::symlink_metadata(&path).ok().filter(|m| m.is_file());
+    let old = std::fs::symlink_metadata(&path)
+        .ok()
+        .filter(|m| m.is_file());
     let inode = match old {
         Some(m) => Inode::like(Some(&m), mode, Durability::InStagedTree),
         None => {

@@ -87,7 +87,9 @@ pub fn copy_tree(src: &Path, dst: &Path, policy: &LinkPolicy) -> Result<CopyStat
     {
         let e = e.with_context(|| format!("walking {}", src.display()))?;
         let from = e.path();
-        let rel = from.strip_prefix(src).expect("the walk stays under its root");
+        let rel = from
+            .strip_prefix(src)
+            .expect("the walk stays under its root");
         let to = dst.join(rel);
         let meta = from
             .symlink_metadata()
@@ -227,7 +229,10 @@ mod tests {
             Some(b"d".to_vec())
         );
         assert_eq!((d("etc").mtime(), d("etc").mtime_nsec()), (1000, 7));
-        assert_eq!(fs::read_link(dst.join("bin")).unwrap(), Path::new("usr/bin"));
+        assert_eq!(
+            fs::read_link(dst.join("bin")).unwrap(),
+            Path::new("usr/bin")
+        );
         if super::super::is_root() {
             assert_eq!((d("etc/su").uid(), d("etc/su").gid()), (12, 34));
             assert_eq!(

@@ -213,7 +213,12 @@ mod tests {
         let old = fs::metadata(&a).unwrap();
         let t0 = FileTime::from_unix_time(1_700_000_000, 0);
         for d in [Durability::InStagedTree, Durability::Publish] {
-            write_new(&a, b"mine", Inode::like(Some(&old), 0o644, d).mtime(Some(t0))).unwrap();
+            write_new(
+                &a,
+                b"mine",
+                Inode::like(Some(&old), 0o644, d).mtime(Some(t0)),
+            )
+            .unwrap();
             assert_eq!(fs::read(&a).unwrap(), b"mine");
             assert_eq!(fs::read(&b).unwrap(), b"shared");
             let m = fs::metadata(&a).unwrap();
@@ -253,7 +258,8 @@ mod tests {
     fn symlinks_are_replaced_by_rename() {
         let t = tempfile::tempdir().unwrap();
         let l = t.path().join("l");
-        let inode = Inode::new(0o777, Durability::Publish).mtime(Some(FileTime::from_unix_time(5, 0)));
+        let inode =
+            Inode::new(0o777, Durability::Publish).mtime(Some(FileTime::from_unix_time(5, 0)));
         symlink_new(&l, Path::new("/one"), inode).unwrap();
         symlink_new(&l, Path::new("/two"), inode).unwrap();
         assert_eq!(fs::read_link(&l).unwrap(), Path::new("/two"));

@@ -3,8 +3,8 @@
 //! archive size (buffers, the xz block cache and one record per directory).
 
 use super::manifest::{EntryKind, ManifestEntry, ManifestWriter, MANIFEST, TREE};
-use crate::unpack::{display_name, unpack_tar, Entry};
 use crate::progress::Progress;
+use crate::unpack::{display_name, unpack_tar, Entry};
 use anyhow::{bail, Context, Result};
 use md5::Md5;
 use sha2::{Digest, Sha256};

@@ -21,8 +21,8 @@ mod fetch;
 mod ingest;
 pub mod manifest;
 
-use crate::profile::{Base, BaseSource, Checksum, ChecksumAlgorithm};
 use crate::fs::{remove_tree, sync_dir};
+use crate::profile::{Base, BaseSource, Checksum, ChecksumAlgorithm};
 use anyhow::{Context, Result};
 use fs4::fs_std::FileExt;
 use manifest::{Meta, META, TREE};

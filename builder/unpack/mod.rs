@@ -383,10 +383,15 @@ mod tests {
     fn unpack(data: Vec<u8>, root: &Path) -> Result<Vec<Entry>> {
         fs::create_dir(root).unwrap();
         let mut seen = vec![];
-        unpack_tar(&mut tar::Archive::new(&data[..]), root, Path::new("t.tar"), |e| {
-            seen.push(e);
-            Ok(())
-        })?;
+        unpack_tar(
+            &mut tar::Archive::new(&data[..]),
+            root,
+            Path::new("t.tar"),
+            |e| {
+                seen.push(e);
+                Ok(())
+            },
+        )?;
         Ok(seen)
     }
 
@@ -424,10 +429,19 @@ mod tests {
         );
         let m = |p: &str| root.join(p).symlink_metadata().unwrap();
         assert_eq!(m("bin/su").mode() & 0o7777, 0o4755);
-        assert_eq!((m("bin/su").mtime(), m("bin/su").mtime_nsec()), (1_700_000_001, 500_000_000));
+        assert_eq!(
+            (m("bin/su").mtime(), m("bin/su").mtime_nsec()),
+            (1_700_000_001, 500_000_000)
+        );
         assert_eq!(m("bin/su").ino(), m("bin/su2").ino());
-        assert_eq!(xattr::get(root.join("bin/su"), "user.k").unwrap(), Some(b"v".to_vec()));
-        assert_eq!(fs::read_link(root.join("sh")).unwrap(), Path::new("/bin/su"));
+        assert_eq!(
+            xattr::get(root.join("bin/su"), "user.k").unwrap(),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(
+            fs::read_link(root.join("sh")).unwrap(),
+            Path::new("/bin/su")
+        );
         assert!(m("run/fifo").file_type().is_fifo());
         assert_eq!(m("run/fifo").mode() & 0o7777, 0o620);
         assert_eq!(m("").mode() & 0o7777, 0o750);
