@@ -10,7 +10,11 @@
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` would enforce. Directories this
 //! unpacker created or checked are remembered, so a rootfs with ten thousand
 //! entries costs no extra `lstat` per entry. A directory is never replaced by
-//! anything else, so a remembered directory stays a directory.
+//! anything else, so a remembered directory stays a directory. The check and
+//! the creation cannot be raced apart: the root is a new directory of this
+//! process (a store `.tmp-*` entry, a deploy staging directory in a
+//! root-only directory) and the archive, the only other party, acts one
+//! entry at a time, through this code.
 //!
 //! Final components are created with calls that do not follow symlinks
 //! (`O_CREAT|O_EXCL`, `symlink`, `link`, `mknod`, `lchown`, `lsetxattr`,
