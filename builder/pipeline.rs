@@ -389,6 +389,19 @@ pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdArgs) -> Result
             dir.join(format!("{node}.img"))
         }
     };
+    if let Some(dev) = &args.dev {
+        // Refuse a wrong device before spending minutes on the image; the
+        // size is checked again against the image actually built.
+        let known_size = std::fs::metadata(&image_path).map(|m| m.len()).unwrap_or(0);
+        crate::device::check_target(dev, known_size, args.force)?;
+        if !args.yes && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(crate::cli::UsageError(format!(
+                "writing {} needs a confirmation, and there is no terminal to ask on: pass --yes",
+                dev.display()
+            ))
+            .into());
+        }
+    }
     let (image, reused) = sd_image(
         profile,
         store,

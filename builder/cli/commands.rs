@@ -7,6 +7,29 @@ use std::io::Write;
 
 pub fn load(cli: &Cli) -> Result<Profile> {
     let path = &cli.global.profile;
+    if !path.is_file() {
+        return Err(UsageError(format!(
+            "no profile at {}: give one with -p FILE or CHBUILD_PROFILE (the default is \
+             profiles/clusterhat.toml in the current directory)",
+            path.display()
+        ))
+        .into());
+    }
+    let p = load_from(cli, path)?;
+    if let profile::BaseSource::Url {
+        url,
+        checksum: None,
+    } = &p.base.source
+    {
+        tracing::warn!(
+            "{}: base {url} has checksum = \"unverified\": its download is not checked",
+            p.file.display()
+        );
+    }
+    Ok(p)
+}
+
+fn load_from(cli: &Cli, path: &std::path::Path) -> Result<Profile> {
     match &cli.global.secrets {
         None => profile::load_profile(path),
         Some(dir) => {
@@ -32,7 +55,7 @@ pub fn store(cli: &Cli) -> Result<crate::store::Store> {
 
 pub fn dispatch(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Verb::Check => check(cli),
+        Verb::Check { nodes } => check(cli, nodes),
         Verb::Show { node } => show(cli, node),
         Verb::Secrets(SecretsVerb::Init { force }) => {
             let p = load(cli)?;
@@ -108,6 +131,13 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Verb::Verify { dir } => {
+            if !dir.is_dir() {
+                return Err(UsageError(format!(
+                    "{} does not exist or is not a directory (give a release or output directory)",
+                    dir.display()
+                ))
+                .into());
+            }
             let files = crate::artifact::verify(dir)?;
             if cli.global.json {
                 println!("{}", serde_json::to_string_pretty(&files)?);
@@ -116,39 +146,8 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
             }
             Ok(())
         }
-        Verb::ImportAnsible(a) => {
-            let secrets = cli
-                .global
-                .secrets
-                .clone()
-                .unwrap_or_else(|| std::path::PathBuf::from(format!("secrets/{}", a.name)));
-            let (text, report) =
-                crate::import::import_ansible(&a.inventory, &a.vars, &a.name, &secrets)?;
-            // Prove the result is a valid profile before anyone uses it.
-            let target = a
-                .output
-                .clone()
-                .unwrap_or_else(|| std::path::PathBuf::from("imported.toml"));
-            profile::parse_profile_with_secrets(&text, &target, &secrets)?;
-            match &a.output {
-                Some(out) => crate::artifact::write_atomic(out, text.as_bytes())?,
-                None => print!("{text}"),
-            }
-            if cli.global.json {
-                eprintln!("{}", serde_json::to_string_pretty(&report.unmapped)?);
-            } else {
-                for s in &report.secrets {
-                    tracing::info!("password hash moved to {s}");
-                }
-                for a in &report.assumed {
-                    tracing::info!("assumed: {a}");
-                }
-                for u in &report.unmapped {
-                    tracing::warn!("not mapped: {} {} ({})", u.scope, u.variable, u.note);
-                }
-            }
-            Ok(())
-        }
+        Verb::ImportAnsible(a) => import_ansible(cli, a),
+        Verb::Doctor(a) => doctor(cli, a),
         Verb::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "chbuild", &mut std::io::stdout());
@@ -162,6 +161,11 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
                     let entries = st.list()?;
                     if cli.global.json {
                         println!("{}", serde_json::to_string_pretty(&entries)?);
+                    } else if entries.is_empty() {
+                        tracing::info!(
+                            "the store {} is empty (`chbuild store ingest` or `chbuild image` fills it)",
+                            st.root.display()
+                        );
                     } else {
                         for e in entries {
                             println!("{}  {:>8} MiB  {}", e.digest, e.size >> 20, e.source);
@@ -192,9 +196,26 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
     }
 }
 
-fn check(cli: &Cli) -> Result<()> {
+fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
     let p = load(cli)?;
-    let plans: Vec<NodePlan> = p.nodes.iter().map(|n| p.plan(n)).collect();
+    let names = select(&p, nodes)?;
+    let mut plans: Vec<NodePlan> = p
+        .nodes
+        .iter()
+        .filter(|n| names.contains(&n.name))
+        .map(|n| p.plan(n))
+        .collect();
+    // Only the layers that exist apply; the plan lists every candidate.
+    let overlays = crate::pipeline::overlays_dir(&p);
+    for pl in &mut plans {
+        pl.overlays = crate::overlay::layers(pl, &overlays, p.overlay_dir.as_deref())
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+    }
+    if cli.global.quiet && !cli.global.json {
+        return Ok(());
+    }
     if cli.global.json {
         let v = serde_json::json!({
             "profile": p.file,
@@ -244,7 +265,12 @@ fn check(cli: &Cli) -> Result<()> {
             pl.groups.join(",")
         )?;
         writeln!(o, "  features:  {}", features(pl).join(", "))?;
-        writeln!(o, "  overlays:  {}", pl.overlays.join(" < "))?;
+        let overlays = if pl.overlays.is_empty() {
+            "(none exist)".to_string()
+        } else {
+            pl.overlays.join(" < ")
+        };
+        writeln!(o, "  overlays:  {overlays}")?;
         writeln!(o, "  packages:  {}", pl.packages.join(" "))?;
         writeln!(o, "  artifacts: {}", artifacts(pl).join(", "))?;
     }
@@ -254,7 +280,10 @@ fn check(cli: &Cli) -> Result<()> {
 fn describe_base(p: &Profile) -> String {
     match &p.base.source {
         profile::BaseSource::Archive { path, .. } => format!("archive {}", path.display()),
-        profile::BaseSource::Url { url, checksum } => format!("{url} ({checksum})"),
+        profile::BaseSource::Url { url, checksum } => match checksum {
+            Some(c) => format!("{url} ({c})"),
+            None => format!("{url} (UNVERIFIED: no checksum, the download is not checked)"),
+        },
         profile::BaseSource::Debian(r) => format!(
             "Debian {} {} {} via mmdebstrap, {} packages",
             r.suite,
@@ -304,10 +333,20 @@ fn artifacts(pl: &NodePlan) -> Vec<String> {
 
 fn show(cli: &Cli, node: &str) -> Result<()> {
     let p = load(cli)?;
-    let n = p
-        .node(node)
-        .ok_or_else(|| UsageError(format!("unknown node `{node}` in {}", p.file.display())))?;
-    let plan = p.plan(n);
+    let n = p.node(node).ok_or_else(|| {
+        let names: Vec<&str> = p.nodes.iter().map(|n| n.name.as_str()).collect();
+        UsageError(format!(
+            "unknown node `{node}` in {} (its nodes: {})",
+            p.file.display(),
+            names.join(", ")
+        ))
+    })?;
+    let mut plan = p.plan(n);
+    // The keys a node gets include those of ssh_authorized_keys_file.
+    match crate::secrets::authorized_keys(&p) {
+        Ok(keys) => plan.user.ssh_authorized_keys = keys,
+        Err(e) => tracing::warn!("{e:#}"),
+    }
     let v = serde_json::to_value(&plan)?;
     if cli.global.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -356,13 +395,13 @@ fn flatten(o: &mut impl Write, prefix: &str, v: &serde_json::Value) -> Result<()
 /// chbuild.1 plus chbuild-<verb>.1 for every verb, from the definitions.
 fn write_man_pages(dir: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    // Building propagates the global options into every verb and names
+    // each `chbuild VERB` for its synopsis.
+    cmd.build();
     let mut pages = vec![("chbuild".to_string(), cmd.clone())];
     for sub in cmd.get_subcommands() {
-        // clap names commands with 'static strings; a page name is made
-        // once per verb per run, so leaking it is harmless.
-        let name: &'static str = Box::leak(format!("chbuild-{}", sub.get_name()).into_boxed_str());
-        pages.push((name.to_string(), sub.clone().name(name)));
+        pages.push((format!("chbuild-{}", sub.get_name()), sub.clone()));
     }
     for (name, c) in pages {
         let path = dir.join(format!("{name}.1"));
@@ -370,6 +409,112 @@ fn write_man_pages(dir: &std::path::Path) -> Result<()> {
         clap_mangen::Man::new(c).render(&mut buf)?;
         std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
         tracing::info!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn import_ansible(cli: &Cli, a: &super::ImportArgs) -> Result<()> {
+    // The hash goes where the written profile will look for it: the
+    // project's `secrets/<cluster>`, or the --secrets directory, which the
+    // profile then names.
+    let project = a
+        .output
+        .as_deref()
+        .map(profile::project_root)
+        .unwrap_or_default();
+    let (secrets, key) = match &cli.global.secrets {
+        Some(d) => (d.clone(), Some(profile_relative(d, &project)?)),
+        None => (project.join(format!("secrets/{}", a.name)), None),
+    };
+    let opts = crate::import::ImportOptions {
+        inventory: &a.inventory,
+        group_vars: a.vars.as_deref(),
+        cluster: &a.name,
+        secrets_dir: &secrets,
+        secrets_key: key,
+        force: a.force,
+    };
+    let mut imported = crate::import::import_ansible(&opts)?;
+    crate::import::write_import(&mut imported, &opts, a.output.as_deref())?;
+    if a.output.is_none() {
+        print!("{}", imported.profile);
+    }
+    let r = &imported.report;
+    if cli.global.json {
+        eprintln!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    for s in &r.secrets {
+        tracing::info!("password hash written to {s}");
+    }
+    for s in &r.kept {
+        tracing::warn!("kept existing {s}: it differs from pi_pwhash (use --force to replace it)");
+    }
+    for s in &r.assumed {
+        tracing::info!("assumed: {s}");
+    }
+    for v in &r.variables {
+        match v.kind {
+            "profile" => tracing::info!("{} {} -> {}", v.scope, v.variable, v.note),
+            "deploy" => tracing::info!("{} {} -> deploy: {}", v.scope, v.variable, v.note),
+            _ => tracing::warn!("not mapped: {} {} ({})", v.scope, v.variable, v.note),
+        }
+    }
+    for w in &r.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(())
+}
+
+/// `dir` as the profile's `[secrets] dir`: relative to the project root
+/// when it lies inside it, absolute otherwise.
+fn profile_relative(dir: &std::path::Path, project: &std::path::Path) -> Result<String> {
+    let cwd = std::env::current_dir().context("finding the current directory")?;
+    let abs = |p: &std::path::Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cwd.join(p)
+        }
+    };
+    let (d, root) = (abs(dir), abs(project));
+    Ok(match d.strip_prefix(&root) {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
+        _ => d.display().to_string(),
+    })
+}
+
+fn doctor(cli: &Cli, a: &super::DoctorArgs) -> Result<()> {
+    use crate::doctor::Status;
+    let findings = crate::doctor::diagnose(&crate::doctor::DoctorOptions {
+        root: a.root.clone(),
+        release: a.release.clone(),
+        min_free: a.min_free_mib << 20,
+    })?;
+    if cli.global.json {
+        println!("{}", serde_json::to_string_pretty(&findings)?);
+    } else {
+        let mut o = std::io::stdout().lock();
+        for f in &findings {
+            match (&f.status, &f.fix) {
+                (Status::Problem, Some(fix)) => writeln!(
+                    o,
+                    "PROBLEM {} {}: {} -- fix: {fix}",
+                    f.check, f.subject, f.message
+                )?,
+                _ if !cli.global.quiet => {
+                    writeln!(o, "ok      {} {}: {}", f.check, f.subject, f.message)?
+                }
+                _ => {}
+            }
+        }
+    }
+    let problems = findings
+        .iter()
+        .filter(|f| f.status == Status::Problem)
+        .count();
+    if problems > 0 {
+        anyhow::bail!("{problems} problem(s) found");
     }
     Ok(())
 }

@@ -45,8 +45,9 @@ pub const RECONFIG: &str = "usr/share/clusterctrl/reconfig-usbboot";
 pub struct NodeReport {
     pub node: String,
     pub slot: u8,
-    /// `deployed`, `unchanged`, `uninstalled`, `rolled-back`, or with
-    /// `--dry-run` the same prefixed by `would-`.
+    /// `deployed`, `unchanged`, `uninstalled`, `rolled-back`; with
+    /// `--dry-run`, `would-deploy`, `would-fail` (a prerequisite is
+    /// missing), `would-uninstall` or `unchanged`.
     pub action: String,
     pub build: Option<String>,
     pub previous: Option<String>,
@@ -269,9 +270,10 @@ impl Job<'_> {
             Content::Tree(_) => "a copy of the tree",
             Content::Tarball { .. } => "unpacking the tarball",
         };
+        // The pid belongs to the run, not the plan: two dry runs must
+        // print the same.
         s.push(format!(
-            "stage .{p}.staging-{} by {how} from {}",
-            std::process::id(),
+            "stage .{p}.staging-<pid> by {how} from {}",
             self.src.describe()
         ));
         if self.exists {
@@ -289,10 +291,10 @@ impl Job<'_> {
         }
         if !args.no_power && !args.no_power_on {
             s.push(format!("power on {p}"));
-            if let Some(secs) = args.wait_for_ssh {
+            if !args.no_wait {
                 s.push(format!(
-                    "wait up to {secs} s for SSH on {}:22",
-                    self.plan.address
+                    "wait up to {} s for SSH on {}:22",
+                    args.wait_for_ssh, self.plan.address
                 ));
             }
         }
@@ -306,7 +308,7 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
     if args.uninstall {
         return uninstall(cli, args, &plans, &nfs);
     }
-    let (dir, bundle) = match (&args.bundle, &args.output) {
+    let (dir, bundle) = match (&args.bundle, &args.from) {
         (Some(b), _) => (b.clone(), true),
         (None, Some(o)) => (o.clone(), false),
         (None, None) => (crate::artifact::default_output_dir(profile), false),
@@ -330,11 +332,19 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
     };
     if let Some(d) = &d {
         if args.dry_run {
+            // stdout holds only the JSON report under --json.
+            let say = |l: String| {
+                if cli.global.json {
+                    tracing::warn!("{l}");
+                } else {
+                    println!("{l}");
+                }
+            };
             for p in d.pending()? {
-                println!("would recover the interrupted deploy of {p}");
+                say(format!("would recover the interrupted deploy of {p}"));
             }
             for s in d.stale()? {
-                println!("would remove {s} left by an interrupted run");
+                say(format!("would remove {s} left by an interrupted run"));
             }
         } else {
             recover_all(d)?;
@@ -402,8 +412,9 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
     if !missing.is_empty() && !args.dry_run {
         bail!("cannot deploy:\n  {}", missing.join("\n  "));
     }
+    // A dry run shows the plan, then fails as the real run would.
     for m in &missing {
-        println!("missing: {m}");
+        tracing::error!("missing: {m}");
     }
 
     // usbboot-init runs `clusterctrl init`, which resets the HAT's USB hub.
@@ -463,7 +474,14 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
         let action = if j.unchanged { "unchanged" } else { "deployed" };
         if args.dry_run {
             if !cli.global.json {
-                println!("{} ({}): would be {action}", j.plan.name, j.pname);
+                if missing.is_empty() || j.unchanged {
+                    println!("{} ({}): would be {action}", j.plan.name, j.pname);
+                } else {
+                    println!(
+                        "{} ({}): would fail (a prerequisite is missing)",
+                        j.plan.name, j.pname
+                    );
+                }
                 for s in &steps {
                     println!("  {s}");
                 }
@@ -488,10 +506,10 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
         reports.push(NodeReport {
             node: j.plan.name.clone(),
             slot: j.slot,
-            action: if args.dry_run {
-                format!("would-{action}")
-            } else {
-                action.into()
+            action: match (args.dry_run, j.unchanged) {
+                (true, false) if !missing.is_empty() => "would-fail".into(),
+                (true, false) => "would-deploy".into(),
+                _ => action.into(),
             },
             build: Some(j.src.build.clone()),
             previous: j.previous.clone(),
@@ -500,7 +518,11 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
             diff,
         });
     }
-    print_report(&reports, cli.global.json)
+    print_report(&reports, cli.global.json)?;
+    if !missing.is_empty() {
+        bail!("a real deploy would stop here:\n  {}", missing.join("\n  "));
+    }
+    Ok(())
 }
 
 fn deploy_node(d: &NfsDir, j: &Job, args: &DeployArgs, nfs_server: &str) -> Result<()> {
@@ -628,8 +650,8 @@ fn deploy_node(d: &NfsDir, j: &Job, args: &DeployArgs, nfs_server: &str) -> Resu
         return Err(e.context(format!("powering on {p} failed: it is left powered off")));
     }
     tracing::info!("{p}: powered on");
-    if let Some(secs) = args.wait_for_ssh {
-        wait_for_ssh(j.plan, secs)?;
+    if !args.no_wait {
+        wait_for_ssh(j.plan, args.wait_for_ssh)?;
     }
     Ok(())
 }

@@ -62,7 +62,8 @@ pub enum BaseSource {
     },
     Url {
         url: String,
-        checksum: Checksum,
+        /// `None`: `checksum = "unverified"`, every download warns.
+        checksum: Option<Checksum>,
     },
     Debian(DebianRecipe),
 }
@@ -221,6 +222,20 @@ pub fn default_profile_path() -> PathBuf {
     PathBuf::from("profiles/clusterhat.toml")
 }
 
+/// The project a profile belongs to: the directory holding `profiles/`,
+/// `overlays/` and `secrets/`, so the profile directory's parent (empty:
+/// the current directory), wherever chbuild runs from.
+pub fn project_root(file: &Path) -> PathBuf {
+    let dir = file.parent().unwrap_or(Path::new(""));
+    if dir.as_os_str().is_empty() {
+        return PathBuf::from("..");
+    }
+    match dir.parent() {
+        Some(p) => p.to_path_buf(),
+        None => dir.join(".."),
+    }
+}
+
 /// Read and validate a profile file.
 pub fn load_profile(path: &Path) -> anyhow::Result<Profile> {
     let text =
@@ -293,6 +308,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
     (line, column)
 }
+
+/// The `checksum` that allows a download nobody can verify.
+pub const UNVERIFIED: &str = "unverified";
 
 fn parse_checksum(ctx: &Ctx, v: &Spanned<String>) -> Result<Checksum, ProfileError> {
     let s = v.get_ref();
@@ -479,12 +497,17 @@ fn parse(
                 ctx.err(
                     u.span(),
                     "base.checksum",
-                    "a downloaded base needs `checksum = \"sha256:...\"`",
+                    "a downloaded base needs `checksum = \"sha256:...\"` \
+                     (or `\"unverified\"` to download it without verification)",
                 )
             })?;
             BaseSource::Url {
                 url: u.get_ref().clone(),
-                checksum: parse_checksum(&ctx, c)?,
+                checksum: if c.get_ref() == UNVERIFIED {
+                    None
+                } else {
+                    Some(parse_checksum(&ctx, c)?)
+                },
             }
         }
         "debian" => {
@@ -527,7 +550,7 @@ fn parse(
     // Secrets directory and the user's password hash source.
     let secrets_dir = match secrets_override {
         Some(d) => d.to_path_buf(),
-        None => PathBuf::from(
+        None => project_root(file).join(
             raw.secrets
                 .dir
                 .clone()
@@ -617,6 +640,34 @@ fn parse(
                 rn.address.span(),
                 &key("address"),
                 format!("{address} is outside the node's network {net}"),
+            ));
+        }
+        let taken = [
+            (
+                controller.lan_address,
+                "the controller's lan_address".to_string(),
+            ),
+            (
+                controller.zero_address,
+                "the controller's zero_address".to_string(),
+            ),
+            (
+                controller.nfs_address,
+                "the controller's nfs_address".to_string(),
+            ),
+        ]
+        .into_iter()
+        .chain(
+            nodes
+                .iter()
+                .map(|n| (n.address, format!("node {}", n.name))),
+        )
+        .find(|(a, _)| *a == address);
+        if let Some((_, owner)) = taken {
+            return Err(ctx.err(
+                rn.address.span(),
+                &key("address"),
+                format!("{address} is already the address of {owner}"),
             ));
         }
         if !model.can_run(architecture) {

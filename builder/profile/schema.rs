@@ -96,7 +96,8 @@ pub struct RawBase {
     pub path: Option<Spanned<String>>,
     /// For `url`: where to download the archive.
     pub url: Option<Spanned<String>>,
-    /// For `url` (and optionally `archive`): `sha256:<hex>` or `md5:<hex>`.
+    /// For `url` (and optionally `archive`): `sha256:<hex>` or `md5:<hex>`;
+    /// for `url`, `"unverified"` downloads without a check, with a warning.
     pub checksum: Option<Spanned<String>>,
     /// For `debian`: the suite (bookworm).
     pub suite: Option<String>,
@@ -244,7 +245,8 @@ fn default_link() -> Vec<Spanned<String>> {
 #[serde(deny_unknown_fields)]
 pub struct RawSecrets {
     /// Directory of secrets (munge key, k3s token, host keys), relative to
-    /// the current directory; default `secrets/<cluster name>`.
+    /// the project (the profile directory's parent, which holds `overlays/`);
+    /// default `secrets/<cluster name>`.
     pub dir: Option<String>,
 }
 

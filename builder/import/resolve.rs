@@ -1,0 +1,579 @@
+//! From the project's variables to profile settings, as Ansible would
+//! resolve them (`vars/vars.yml` over `host_vars/` over `group_vars/` over
+//! the inventory), recording what became of every variable.
+
+use super::inventory::Inventory;
+use super::mapping::{self, Target};
+use super::vars::{self, Sourced, Vars};
+use super::{ImportReport, Outcome};
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+pub struct Sources {
+    pub inventory_file: PathBuf,
+    pub inv: Inventory,
+    pub group_files: BTreeMap<String, Vars>,
+    pub host_files: BTreeMap<String, Vars>,
+    pub play_vars: Vars,
+    pub project: PathBuf,
+}
+
+impl Sources {
+    /// Cluster-wide variables: inventory `all` < `group_vars/all` < vars.yml.
+    fn global(&self) -> Vars {
+        let mut v = self.inv.group_vars.get("all").cloned().unwrap_or_default();
+        v.extend(self.group_files.get("all").cloned().unwrap_or_default());
+        v.extend(self.play_vars.clone());
+        v
+    }
+
+    fn group(&self, g: &str) -> Vars {
+        let mut v = self.inv.group_vars.get(g).cloned().unwrap_or_default();
+        v.extend(self.group_files.get(g).cloned().unwrap_or_default());
+        v
+    }
+
+    fn host(&self, h: &str) -> Vars {
+        let mut v = self.inv.host_vars.get(h).cloned().unwrap_or_default();
+        v.extend(self.host_files.get(h).cloned().unwrap_or_default());
+        v
+    }
+
+    fn scope(&self, s: &Sourced) -> String {
+        s.file
+            .strip_prefix(&self.project)
+            .unwrap_or(&s.file)
+            .display()
+            .to_string()
+    }
+}
+
+pub struct User {
+    pub name: String,
+    pub password_hash: Option<String>,
+    pub keys: Vec<String>,
+}
+
+pub struct Base {
+    pub url: String,
+    /// `None`: the project verifies nothing (`usbboot_img_checksum: ''`).
+    pub checksum: Option<String>,
+    pub architecture: &'static str,
+    pub boot_dir: String,
+}
+
+pub struct Features {
+    pub slurm: bool,
+    pub slurm_include_picluster: bool,
+    pub docker: bool,
+    pub docker_on_zeros: bool,
+    pub k3s: bool,
+    pub k3s_server: Option<String>,
+    pub nfs_server: Option<String>,
+    pub nfs_export_path: Option<String>,
+    pub nfs_mount_point: Option<String>,
+}
+
+pub struct NodeOut {
+    pub name: String,
+    pub kind: &'static str,
+    pub model: String,
+    pub slot: Option<u8>,
+    pub address: Ipv4Addr,
+    pub groups: Vec<String>,
+    pub packages: Vec<String>,
+    pub docker: Option<bool>,
+    pub vars: BTreeMap<String, toml::Value>,
+}
+
+pub struct Settings {
+    pub cluster: String,
+    pub lan_network: String,
+    pub timezone: String,
+    pub controller: String,
+    pub controller_address: Ipv4Addr,
+    pub controller_model: String,
+    pub base: Base,
+    pub user: User,
+    pub features: Features,
+    pub packages_base: Vec<String>,
+    pub packages_extra: BTreeMap<String, Vec<String>>,
+    pub aggregates: Vec<(String, Vec<String>)>,
+    pub nodes: Vec<NodeOut>,
+    pub secrets_dir: Option<String>,
+}
+
+/// The groups chbuild builds, with the node kind and the model assumed when
+/// the inventory names none.
+const BUILT_GROUPS: [(&str, &str, &str); 3] = [
+    ("zerocluster", "usbboot", "zero2"),
+    ("picluster", "sd", "pi4"),
+    ("management", "sd", "pi5"),
+];
+
+/// ClusterCTRL (CNAT) gives Zero N the address 172.19.181.N; the reference
+/// project documents its controller `clusterhat` at 172.16.2.200.
+const CONTROLLER_DEFAULT: (&str, Ipv4Addr) = ("clusterhat", Ipv4Addr::new(172, 16, 2, 200));
+
+fn zero_default(slot: u8) -> Ipv4Addr {
+    Ipv4Addr::new(172, 19, 181, slot)
+}
+
+struct Ctx<'a> {
+    src: &'a Sources,
+    global: Vars,
+    report: ImportReport,
+}
+
+impl Ctx<'_> {
+    fn get(&self, k: &str) -> Option<&Sourced> {
+        self.global.get(k).filter(|s| !s.value.is_null())
+    }
+
+    fn text(&mut self, k: &str) -> Option<String> {
+        let s = self.get(k)?.clone();
+        if vars::is_templated(&s.value) {
+            self.report.variables.push(Outcome {
+                scope: self.src.scope(&s),
+                variable: k.into(),
+                kind: "unmapped",
+                note: "a Jinja expression cannot be evaluated offline: set its profile key by hand"
+                    .into(),
+            });
+            return None;
+        }
+        vars::text(&s.value)
+    }
+
+    fn flag(&mut self, k: &str, profile_key: &str) -> Result<bool> {
+        match self.get(k) {
+            None => {
+                self.report
+                    .assumed
+                    .push(format!("{profile_key} = false ({k} is not set)"));
+                Ok(false)
+            }
+            Some(s) => vars::truthy(&s.value).with_context(|| {
+                format!(
+                    "{}: {k}: `{}` is not a boolean",
+                    s.file.display(),
+                    vars::text(&s.value).unwrap_or_default()
+                )
+            }),
+        }
+    }
+
+    fn list(&self, k: &str) -> Vec<String> {
+        self.get(k)
+            .map(|s| vars::list(&s.value))
+            .unwrap_or_default()
+    }
+}
+
+pub fn resolve(
+    src: &Sources,
+    cluster: &str,
+    secrets_dir: Option<String>,
+) -> Result<(Settings, ImportReport)> {
+    let mut c = Ctx {
+        src,
+        global: src.global(),
+        report: ImportReport::default(),
+    };
+    let inv_file = &src.inventory_file;
+
+    let controller = src
+        .inv
+        .hosts
+        .get("master")
+        .and_then(|h| h.first())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "{}: no host in group [master] (the controller)",
+                inv_file.display()
+            )
+        })?;
+    let controller_address = match ipv4_of(src, &controller)? {
+        Some(a) => a,
+        None if controller == CONTROLLER_DEFAULT.0 => {
+            c.report.assumed.push(format!(
+                "{controller} at {} (no ansible_host; the reference project's address)",
+                CONTROLLER_DEFAULT.1
+            ));
+            CONTROLLER_DEFAULT.1
+        }
+        None => bail!(
+            "{}: host {controller} (the controller) has no ansible_host: add \
+             `{controller} ansible_host=<its LAN address>`",
+            inv_file.display()
+        ),
+    };
+    let o = controller_address.octets();
+    let lan_network = format!("{}.{}.{}.0/24", o[0], o[1], o[2]);
+    c.report.assumed.push(format!(
+        "LAN network {lan_network} (a /24 around the controller)"
+    ));
+    c.report.assumed.push(
+        "ClusterCTRL networks 172.19.181.0/24 (usb0) and 172.19.180.0/24 (NFS VLAN), \
+         controller aliases controller and p0"
+            .into(),
+    );
+    let controller_model = host_text(src, &controller, "pi_model").unwrap_or_else(|| "pi4".into());
+
+    let base = base(&mut c)?;
+    let user = User {
+        name: c.text("pi_user").unwrap_or_else(|| "pi".into()),
+        password_hash: c.text("pi_pwhash").filter(|h| !h.is_empty()),
+        keys: c.list("cluster_public_ssh_key"),
+    };
+    let nfs_mount_point = c.text("nfs_client_mount").or_else(|| c.text("clhat_mpnt"));
+    let features = Features {
+        slurm: c.flag("slurmstack_enable", "features.slurm")?,
+        slurm_include_picluster: c.flag(
+            "slurmstack_include_picluster",
+            "features.slurm_include_picluster",
+        )?,
+        docker: c.flag("docker_runtime_enable", "features.docker")?,
+        docker_on_zeros: c.flag("docker_runtime_on_zeros", "features.docker_on_zeros")?,
+        k3s: c.flag("k3s_cluster_enable", "features.k3s")?,
+        k3s_server: c.text("k3s_cluster_server_host"),
+        nfs_server: c.text("nfs_server_host"),
+        nfs_export_path: c.text("nfs_export_path"),
+        nfs_mount_point,
+    };
+    let timezone = c.text("timezone").unwrap_or_else(|| "Etc/UTC".into());
+    let packages_base = c.list("apt_pkg_base");
+
+    let mut packages_extra = BTreeMap::new();
+    for g in group_names(src) {
+        if let Some(s) = src.group(&g).get("apt_pkg_extra") {
+            packages_extra.insert(g.clone(), vars::list(&s.value));
+        }
+    }
+    let aggregates = src
+        .inv
+        .order
+        .iter()
+        .filter(|g| g.as_str() != "all")
+        .filter_map(|g| Some((g.clone(), src.inv.children.get(g)?.clone())))
+        .collect();
+
+    let nodes = nodes(&mut c)?;
+    report_global(&mut c);
+    report_groups(&mut c);
+
+    let settings = Settings {
+        cluster: cluster.to_string(),
+        lan_network,
+        timezone,
+        controller,
+        controller_address,
+        controller_model,
+        base,
+        user,
+        features,
+        packages_base,
+        packages_extra,
+        aggregates,
+        nodes,
+        secrets_dir,
+    };
+    Ok((settings, c.report))
+}
+
+fn base(c: &mut Ctx) -> Result<Base> {
+    let Some(url) = c.text("usbboot_img") else {
+        bail!(
+            "usbboot_img is needed for the base (looked in {}, group_vars/all and the \
+             inventory's [all:vars])",
+            c.src.project.join("vars/vars.yml").display()
+        );
+    };
+    let checksum = c
+        .text("usbboot_img_checksum")
+        .filter(|s| !s.trim().is_empty());
+    if checksum.is_none() {
+        c.report.warnings.push(format!(
+            "usbboot_img_checksum is empty: the profile says checksum = \"unverified\", so {url} \
+             is downloaded WITHOUT verification; pin it with checksum = \"sha256:<hex>\" \
+             (chbuild prints the digest after the first download)"
+        ));
+    }
+    let architecture = if url.contains("armhf") {
+        "armhf"
+    } else {
+        "arm64"
+    };
+    let boot_dir = c
+        .text("usbboot_boot_firmware_dir")
+        .map(|d| d.trim_matches('/').to_string())
+        .unwrap_or_else(|| "boot/firmware".into());
+    Ok(Base {
+        url,
+        checksum,
+        architecture,
+        boot_dir,
+    })
+}
+
+/// Groups named anywhere: in the inventory or by a group_vars file.
+fn group_names(src: &Sources) -> BTreeSet<String> {
+    src.inv
+        .order
+        .iter()
+        .chain(src.group_files.keys())
+        .chain(src.inv.group_vars.keys())
+        .filter(|g| g.as_str() != "all")
+        .cloned()
+        .collect()
+}
+
+fn host_text(src: &Sources, host: &str, k: &str) -> Option<String> {
+    src.host(host).get(k).and_then(|s| vars::text(&s.value))
+}
+
+/// The host's `ansible_host`, when it is an IPv4 address.
+fn ipv4_of(src: &Sources, host: &str) -> Result<Option<Ipv4Addr>> {
+    let hv = src.host(host);
+    let Some(s) = hv.get("ansible_host") else {
+        return Ok(None);
+    };
+    let text = vars::text(&s.value).unwrap_or_default();
+    text.parse().map(Some).with_context(|| {
+        format!(
+            "{}: ansible_host of {host} is `{text}`, not an IPv4 address: a profile needs the \
+             address",
+            s.file.display()
+        )
+    })
+}
+
+fn nodes(c: &mut Ctx) -> Result<Vec<NodeOut>> {
+    let src = c.src;
+    let mut out = vec![];
+    let mut seen = BTreeSet::new();
+    for (group, kind, default_model) in BUILT_GROUPS {
+        for h in src.inv.hosts.get(group).into_iter().flatten() {
+            if !seen.insert(h.clone()) {
+                continue;
+            }
+            out.push(node(c, h, group, kind, default_model)?);
+        }
+    }
+    // Hosts chbuild does not build are said, not silently dropped.
+    for (g, hosts) in &src.inv.hosts {
+        for h in hosts {
+            if g != "master" && !seen.contains(h) && !src.inv.hosts["master"].contains(h) {
+                c.report.variables.push(Outcome {
+                    scope: format!("{} [{g}]", src.inventory_file.display()),
+                    variable: h.clone(),
+                    kind: "unmapped",
+                    note: "host in no group chbuild builds (zerocluster, picluster, management): \
+                           left out"
+                        .into(),
+                });
+                seen.insert(h.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn node(
+    c: &mut Ctx,
+    h: &str,
+    group: &str,
+    kind: &'static str,
+    default_model: &str,
+) -> Result<NodeOut> {
+    let src = c.src;
+    let hv = src.host(h);
+    let model = match host_text(src, h, "pi_model") {
+        Some(m) => m,
+        None => {
+            c.report
+                .assumed
+                .push(format!("{h}: model {default_model} (no pi_model)"));
+            default_model.to_string()
+        }
+    };
+    let slot = if kind == "usbboot" {
+        let s = host_text(src, h, "usbboot_slot")
+            .or_else(|| {
+                Some(
+                    h.trim_start_matches(|ch: char| !ch.is_ascii_digit())
+                        .to_string(),
+                )
+            })
+            .filter(|s| !s.is_empty())
+            .with_context(|| {
+                format!(
+                    "{}: cannot tell the ClusterCTRL slot of {h}: set usbboot_slot",
+                    src.inventory_file.display()
+                )
+            })?;
+        Some(s.parse::<u8>().with_context(|| {
+            format!(
+                "{}: {h}: slot `{s}` is not a number",
+                src.inventory_file.display()
+            )
+        })?)
+    } else {
+        None
+    };
+    let address = match (ipv4_of(src, h)?, slot) {
+        (Some(a), _) => a,
+        (None, Some(n)) => {
+            c.report.assumed.push(format!(
+                "{h} at {} (no ansible_host; ClusterCTRL's address for slot {n})",
+                zero_default(n)
+            ));
+            zero_default(n)
+        }
+        (None, None) => bail!(
+            "{}: host {h} ({group}) has no ansible_host and no ClusterHAT default address: add \
+             `{h} ansible_host=<its LAN address>`",
+            src.inventory_file.display()
+        ),
+    };
+    let groups: Vec<String> = src
+        .inv
+        .groups_of(h)
+        .into_iter()
+        .filter(|g| BUILT_GROUPS.iter().any(|b| b.0 == g) || !src.inv.children.contains_key(g))
+        .collect();
+    let mut n = NodeOut {
+        name: h.to_string(),
+        kind,
+        model,
+        slot,
+        address,
+        groups,
+        packages: vec![],
+        docker: None,
+        vars: BTreeMap::new(),
+    };
+    for (k, s) in &hv {
+        let scope = format!("{} ({h})", src.scope(s));
+        let (kind, note) = host_var(&mut n, k, s);
+        c.report.variables.push(Outcome {
+            scope,
+            variable: k.clone(),
+            kind,
+            note,
+        });
+    }
+    Ok(n)
+}
+
+/// Apply one host variable to the node; say what it became.
+fn host_var(n: &mut NodeOut, k: &str, s: &Sourced) -> (&'static str, String) {
+    if let Some((_, key)) = mapping::HOST_KEYS.iter().find(|(v, _)| *v == k) {
+        return ("profile", format!("[[node]] {key}"));
+    }
+    match k {
+        "apt_pkg_extra" => {
+            n.packages = vars::list(&s.value);
+            ("profile", "[[node]] overrides.packages".into())
+        }
+        "docker_runtime_enable" if vars::truthy(&s.value) == Some(false) => {
+            n.docker = Some(false);
+            ("profile", "[[node]] overrides.docker = false".into())
+        }
+        k if k.starts_with("ansible_") => ("unmapped", ANSIBLE_CONNECTION.into()),
+        k => {
+            match mapping::known(k) {
+                Some(m) => cluster_wide(m),
+                None => match vars::to_toml(&s.value) {
+                    Some(v) => {
+                        n.vars.insert(k.to_string(), v);
+                        (
+                        "profile",
+                        format!("[[node]] overrides.vars.{k} (for overlay templates; no role reads it)"),
+                    )
+                    }
+                    None => ("unmapped", "empty value".into()),
+                },
+            }
+        }
+    }
+}
+
+const ANSIBLE_CONNECTION: &str =
+    "Ansible connection setting: nothing connects while building offline";
+
+/// A known variable found per group or per host, where chbuild has one
+/// cluster-wide setting.
+fn cluster_wide(m: &mapping::Known) -> (&'static str, String) {
+    match m.target {
+        Target::Profile(key) => (
+            "unmapped",
+            format!("cluster-wide in chbuild: set it in group_vars/all (profile key {key})"),
+        ),
+        Target::Deploy(flag) => ("deploy", flag.into()),
+        Target::Offline(why) => ("unmapped", why.into()),
+    }
+}
+
+fn report_global(c: &mut Ctx) {
+    for (k, s) in c.global.clone() {
+        let scope = c.src.scope(&s);
+        let already = c
+            .report
+            .variables
+            .iter()
+            .any(|o| o.variable == k && o.scope == scope);
+        if already {
+            continue;
+        }
+        let (kind, note) = match mapping::known(&k) {
+            Some(m) => match m.target {
+                Target::Profile(key) => ("profile", key.to_string()),
+                Target::Deploy(flag) => ("deploy", flag.to_string()),
+                Target::Offline(why) => ("unmapped", why.to_string()),
+            },
+            None if k == "timezone" => ("profile", "cluster.timezone".into()),
+            None if k.starts_with("ansible_") => ("unmapped", ANSIBLE_CONNECTION.into()),
+            None => (
+                "unmapped",
+                "no profile key: put it in a node's overrides.vars for overlay templates".into(),
+            ),
+        };
+        c.report.variables.push(Outcome {
+            scope,
+            variable: k,
+            kind,
+            note,
+        });
+    }
+}
+
+fn report_groups(c: &mut Ctx) {
+    for g in group_names(c.src) {
+        for (k, s) in c.src.group(&g) {
+            let (kind, note) = match k.as_str() {
+                "apt_pkg_extra" => ("profile", format!("packages.extra.{g}")),
+                k if k.starts_with("ansible_") => ("unmapped", ANSIBLE_CONNECTION.into()),
+                k => match mapping::known(k) {
+                    Some(m) => cluster_wide(m),
+                    None => (
+                        "unmapped",
+                        format!(
+                            "group variable with no profile key: put it in overrides.vars of \
+                             the [{g}] nodes for overlay templates"
+                        ),
+                    ),
+                },
+            };
+            c.report.variables.push(Outcome {
+                scope: c.src.scope(&s),
+                variable: k,
+                kind,
+                note,
+            });
+        }
+    }
+}
