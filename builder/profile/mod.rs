@@ -645,15 +645,15 @@ fn parse(
         let taken = [
             (
                 controller.lan_address,
-                "the controller's lan_address".to_string(),
+                "the controller (lan_address)".to_string(),
             ),
             (
                 controller.zero_address,
-                "the controller's zero_address".to_string(),
+                "the controller (zero_address)".to_string(),
             ),
             (
                 controller.nfs_address,
-                "the controller's nfs_address".to_string(),
+                "the controller (nfs_address)".to_string(),
             ),
         ]
         .into_iter()
@@ -667,7 +667,7 @@ fn parse(
             return Err(ctx.err(
                 rn.address.span(),
                 &key("address"),
-                format!("{address} is already the address of {owner}"),
+                format!("{address} is already used by {owner}"),
             ));
         }
         if !model.can_run(architecture) {
