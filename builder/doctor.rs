@@ -367,6 +367,8 @@ fn free_space(root: &Path, min_free: u64) -> Finding {
             "check that the file system is mounted",
         ),
         Ok(s) => {
+            // u32 on some 32-bit targets (the armhf controller build).
+            #[allow(clippy::unnecessary_cast)]
             let free = s.blocks_available() as u64 * s.fragment_size() as u64;
             let mib = |b: u64| b >> 20;
             if free >= min_free {
