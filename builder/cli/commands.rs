@@ -441,7 +441,13 @@ fn import_ansible(cli: &Cli, a: &super::ImportArgs) -> Result<()> {
     }
     let r = &imported.report;
     if cli.global.json {
-        eprintln!("{}", serde_json::to_string_pretty(r)?);
+        // stdout carries the profile when no -o is given.
+        let report = serde_json::to_string_pretty(r)?;
+        if a.output.is_some() {
+            println!("{report}");
+        } else {
+            eprintln!("{report}");
+        }
         return Ok(());
     }
     for s in &r.secrets {
