@@ -69,22 +69,9 @@ pub fn profile_text(st: &Settings, inventory: &Path, group_vars: &Path) -> Resul
         "ssh_key_only = true\npermit_root_login = false\nsudo = true"
     )?;
 
-    let f = &st.features;
     writeln!(p, "\n[features]")?;
-    writeln!(p, "slurm = {}", f.slurm)?;
-    writeln!(p, "slurm_include_picluster = {}", f.slurm_include_picluster)?;
-    writeln!(p, "docker = {}", f.docker)?;
-    writeln!(p, "docker_on_zeros = {}", f.docker_on_zeros)?;
-    writeln!(p, "k3s = {}", f.k3s)?;
-    for (key, v) in [
-        ("k3s_server", &f.k3s_server),
-        ("nfs_server", &f.nfs_server),
-        ("nfs_export_path", &f.nfs_export_path),
-        ("nfs_mount_point", &f.nfs_mount_point),
-    ] {
-        if let Some(v) = v {
-            writeln!(p, "{key} = {}", s(v))?;
-        }
+    for (key, v) in &st.features {
+        writeln!(p, "{key} = {v}")?;
     }
 
     writeln!(p, "\n[packages]\nbase = {}", list(&st.packages_base))?;

@@ -64,18 +64,6 @@ pub struct Base {
     pub boot_dir: String,
 }
 
-pub struct Features {
-    pub slurm: bool,
-    pub slurm_include_picluster: bool,
-    pub docker: bool,
-    pub docker_on_zeros: bool,
-    pub k3s: bool,
-    pub k3s_server: Option<String>,
-    pub nfs_server: Option<String>,
-    pub nfs_export_path: Option<String>,
-    pub nfs_mount_point: Option<String>,
-}
-
 pub struct NodeOut {
     pub name: String,
     pub kind: &'static str,
@@ -97,7 +85,8 @@ pub struct Settings {
     pub controller_model: String,
     pub base: Base,
     pub user: User,
-    pub features: Features,
+    /// `[features]` keys and values, in profile order.
+    pub features: Vec<(&'static str, toml::Value)>,
     pub packages_base: Vec<String>,
     pub packages_extra: BTreeMap<String, Vec<String>>,
     pub aggregates: Vec<(String, Vec<String>)>,
@@ -229,21 +218,7 @@ pub fn resolve(
         password_hash: c.text("pi_pwhash").filter(|h| !h.is_empty()),
         keys: c.list("cluster_public_ssh_key"),
     };
-    let nfs_mount_point = c.text("nfs_client_mount").or_else(|| c.text("clhat_mpnt"));
-    let features = Features {
-        slurm: c.flag("slurmstack_enable", "features.slurm")?,
-        slurm_include_picluster: c.flag(
-            "slurmstack_include_picluster",
-            "features.slurm_include_picluster",
-        )?,
-        docker: c.flag("docker_runtime_enable", "features.docker")?,
-        docker_on_zeros: c.flag("docker_runtime_on_zeros", "features.docker_on_zeros")?,
-        k3s: c.flag("k3s_cluster_enable", "features.k3s")?,
-        k3s_server: c.text("k3s_cluster_server_host"),
-        nfs_server: c.text("nfs_server_host"),
-        nfs_export_path: c.text("nfs_export_path"),
-        nfs_mount_point,
-    };
+    let features = features(&mut c)?;
     let timezone = c.text("timezone").unwrap_or_else(|| "Etc/UTC".into());
     let packages_base = c.list("apt_pkg_base");
 
@@ -282,6 +257,38 @@ pub fn resolve(
         secrets_dir,
     };
     Ok((settings, c.report))
+}
+
+/// Feature flags and hosts: Ansible variable -> `[features]` key.
+const FLAGS: [(&str, &str); 5] = [
+    ("slurmstack_enable", "slurm"),
+    ("slurmstack_include_picluster", "slurm_include_picluster"),
+    ("docker_runtime_enable", "docker"),
+    ("docker_runtime_on_zeros", "docker_on_zeros"),
+    ("k3s_cluster_enable", "k3s"),
+];
+const HOSTS: [(&str, &str); 3] = [
+    ("k3s_cluster_server_host", "k3s_server"),
+    ("nfs_server_host", "nfs_server"),
+    ("nfs_export_path", "nfs_export_path"),
+];
+
+fn features(c: &mut Ctx) -> Result<Vec<(&'static str, toml::Value)>> {
+    let mut f = vec![];
+    for (var, key) in FLAGS {
+        let on = c.flag(var, &format!("features.{key}"))?;
+        f.push((key, toml::Value::Boolean(on)));
+    }
+    for (var, key) in HOSTS {
+        if let Some(v) = c.text(var) {
+            f.push((key, toml::Value::String(v)));
+        }
+    }
+    // The reference project names the client mount point twice.
+    if let Some(v) = c.text("nfs_client_mount").or_else(|| c.text("clhat_mpnt")) {
+        f.push(("nfs_mount_point", toml::Value::String(v)));
+    }
+    Ok(f)
 }
 
 fn base(c: &mut Ctx) -> Result<Base> {
