@@ -120,6 +120,10 @@ fn reference_layout_imports_with_every_variable_accounted_for() {
     assert!(imported.features.slurm && imported.features.docker && imported.features.k3s);
     assert!(!imported.features.docker_on_zeros && !imported.features.slurm_include_picluster);
     assert_eq!(imported.features.k3s_server.as_deref(), Some("p5"));
+    assert_eq!(
+        imported.features.k3s_version.as_deref(),
+        Some("v1.30.4+k3s1")
+    );
     assert!(matches!(
         imported.base.source,
         chbuild::profile::BaseSource::Url { checksum: None, .. }

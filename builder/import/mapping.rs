@@ -39,7 +39,7 @@ pub const KNOWN: &[Known] = &[
     Known { name: "docker_runtime_on_zeros", target: Profile("features.docker_on_zeros") },
     Known { name: "k3s_cluster_enable", target: Profile("features.k3s") },
     Known { name: "k3s_cluster_server_host", target: Profile("features.k3s_server") },
-    Known { name: "k3s_version", target: Offline("no install script runs at build time: the version is the `k3s` binary you put in features.k3s_airgap_dir; without a bundle, first boot installs the current release") },
+    Known { name: "k3s_version", target: Profile("features.k3s_version") },
     Known { name: "usbboot_img", target: Profile("base.url (source = \"url\")") },
     Known { name: "usbboot_img_checksum", target: Profile("base.checksum (empty: \"unverified\", warned about on every download)") },
     Known { name: "usbboot_download_dir", target: Offline("the archive is downloaded once on the build machine into the store (`--store`, CHBUILD_STORE), never on the controller") },

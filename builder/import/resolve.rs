@@ -267,8 +267,9 @@ const FLAGS: [(&str, &str); 5] = [
     ("docker_runtime_on_zeros", "docker_on_zeros"),
     ("k3s_cluster_enable", "k3s"),
 ];
-const HOSTS: [(&str, &str); 3] = [
+const HOSTS: [(&str, &str); 4] = [
     ("k3s_cluster_server_host", "k3s_server"),
+    ("k3s_version", "k3s_version"),
     ("nfs_server_host", "nfs_server"),
     ("nfs_export_path", "nfs_export_path"),
 ];

@@ -190,6 +190,9 @@ pub struct RawFeatures {
     /// Optional k3s air-gap bundle: directory holding `k3s` and
     /// `k3s-airgap-images-<arch>.tar[.zst]`, relative to the profile.
     pub k3s_airgap_dir: Option<Spanned<String>>,
+    /// k3s release that first boot installs without an air-gap bundle
+    /// (`v1.30.4+k3s1`; default: the current stable release).
+    pub k3s_version: Option<String>,
     /// Node serving NFS (exports `nfs_export_path`).
     pub nfs_server: Option<Spanned<String>>,
     /// Exported directory on the NFS server.

@@ -96,11 +96,15 @@ pub fn script(hostname: &str, packages: &[String], p: &Pending) -> String {
         ));
     }
     if let Some(role) = &p.k3s_install {
+        let version = match &p.k3s_version {
+            Some(v) => format!("INSTALL_K3S_VERSION={} ", sh_word(v)),
+            None => String::new(),
+        };
         s.push_str(&format!(
             "\n# k3s reads /etc/rancher/k3s/config.yaml (server URL, token).\n\
              if [ ! -x /usr/local/bin/k3s ]; then\n  \
              curl -sfL {K3S_INSTALL_URL} -o /run/k3s-install.sh\n  \
-             INSTALL_K3S_EXEC={role} sh /run/k3s-install.sh\n\
+             {version}INSTALL_K3S_EXEC={role} sh /run/k3s-install.sh\n\
              fi\n"
         ));
     }
@@ -146,5 +150,17 @@ mod tests {
         let s = script("z1", &["htop".into()], &p);
         assert!(s.contains("apt-get install") && s.ends_with(&format!("touch {MARKER}\n")));
         assert_eq!(sh_word("a b'c"), "'a b'\\''c'");
+    }
+
+    #[test]
+    fn k3s_install_pins_the_profile_version() {
+        let mut p = Pending {
+            k3s_install: Some("agent".into()),
+            ..Pending::default()
+        };
+        assert!(script("p1", &[], &p).contains("\n  INSTALL_K3S_EXEC=agent sh"));
+        p.k3s_version = Some("v1.30.4+k3s1".into());
+        assert!(script("p1", &[], &p)
+            .contains("INSTALL_K3S_VERSION=v1.30.4+k3s1 INSTALL_K3S_EXEC=agent sh"));
     }
 }
