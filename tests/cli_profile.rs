@@ -445,14 +445,3 @@ fn duplicate_addresses_are_refused() {
         "172.16.2.200 is already used by the controller (lan_address)",
     );
 }
-
-#[test]
-fn extra_slurm_partitions_must_be_partition_lines() {
-    assert_refused(
-        "slurm_include_picluster = false",
-        "slurm_include_picluster = false\nslurm_partitions_extra = [\"Nodes=z1\"]",
-        "slurm_partitions_extra",
-        "features.slurm_partitions_extra",
-        "expected one slurm.conf line `PartitionName=",
-    );
-}

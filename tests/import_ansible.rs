@@ -124,7 +124,6 @@ fn reference_layout_imports_with_every_variable_accounted_for() {
         imported.features.k3s_version.as_deref(),
         Some("v1.30.4+k3s1")
     );
-    assert_eq!(imported.features.slurm_partitions_extra.len(), 2);
     assert!(matches!(
         imported.base.source,
         chbuild::profile::BaseSource::Url { checksum: None, .. }

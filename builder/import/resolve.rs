@@ -285,47 +285,11 @@ fn features(c: &mut Ctx) -> Result<Vec<(&'static str, toml::Value)>> {
             f.push((key, toml::Value::String(v)));
         }
     }
-    if let Some(s) = c.get("slurm_partitions_extra").cloned() {
-        let lines = partition_lines(&s)?;
-        if !lines.is_empty() {
-            let v = lines.into_iter().map(toml::Value::String).collect();
-            f.push(("slurm_partitions_extra", toml::Value::Array(v)));
-        }
-    }
     // The reference project names the client mount point twice.
     if let Some(v) = c.text("nfs_client_mount").or_else(|| c.text("clhat_mpnt")) {
         f.push(("nfs_mount_point", toml::Value::String(v)));
     }
     Ok(f)
-}
-
-/// `slurm.conf` lines from a list of lines or of `Key: value` mappings.
-fn partition_lines(s: &Sourced) -> Result<Vec<String>> {
-    let items = match &s.value {
-        serde_yaml_ng::Value::Sequence(v) => v.clone(),
-        serde_yaml_ng::Value::Null => vec![],
-        other => vec![other.clone()],
-    };
-    let mut out = vec![];
-    for item in &items {
-        let line = match item {
-            serde_yaml_ng::Value::Mapping(m) => m
-                .iter()
-                .filter_map(|(k, v)| Some(format!("{}={}", vars::text(k)?, vars::text(v)?)))
-                .collect::<Vec<_>>()
-                .join(" "),
-            other => vars::text(other).unwrap_or_default(),
-        };
-        if !line.starts_with("PartitionName=") {
-            bail!(
-                "{}: slurm_partitions_extra: `{line}` is not a slurm.conf partition \
-                 (`PartitionName=<name> Nodes=<nodes> ...`, or a mapping starting with PartitionName)",
-                s.file.display()
-            );
-        }
-        out.push(line);
-    }
-    Ok(out)
 }
 
 fn base(c: &mut Ctx) -> Result<Base> {

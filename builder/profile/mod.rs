@@ -138,7 +138,6 @@ pub struct User {
 pub struct Features {
     pub slurm: bool,
     pub slurm_include_picluster: bool,
-    pub slurm_partitions_extra: Vec<String>,
     pub docker: bool,
     pub docker_on_zeros: bool,
     pub k3s: bool,
@@ -791,20 +790,6 @@ fn parse(
     let features = Features {
         slurm: f.slurm,
         slurm_include_picluster: f.slurm_include_picluster,
-        slurm_partitions_extra: f
-            .slurm_partitions_extra
-            .iter()
-            .map(|l| {
-                let ok = l.get_ref().starts_with("PartitionName=") && !l.get_ref().contains('\n');
-                ok.then(|| l.get_ref().clone()).ok_or_else(|| {
-                    ctx.err(
-                        l.span(),
-                        "features.slurm_partitions_extra",
-                        "expected one slurm.conf line `PartitionName=<name> Nodes=<nodes> ...`",
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?,
         docker: f.docker,
         docker_on_zeros: f.docker_on_zeros,
         k3s: f.k3s,

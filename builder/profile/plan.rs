@@ -80,8 +80,6 @@ pub struct NodePlan {
     pub slurm_nodes: Vec<SlurmNode>,
     pub slurm_zero_nodes: Vec<String>,
     pub slurm_pi_nodes: Vec<String>,
-    /// `features.slurm_partitions_extra`, verbatim.
-    pub slurm_partitions_extra: Vec<String>,
     pub docker: bool,
     /// `server`, `agent`, or none.
     pub k3s_role: Option<String>,
@@ -293,7 +291,6 @@ impl NodePlan {
             slurm_nodes,
             slurm_zero_nodes,
             slurm_pi_nodes,
-            slurm_partitions_extra: p.features.slurm_partitions_extra.clone(),
             docker,
             k3s_server_url,
             k3s_airgap: p.features.k3s_airgap_dir.is_some() && k3s_role.is_some(),

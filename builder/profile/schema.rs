@@ -176,9 +176,6 @@ pub struct RawFeatures {
     /// Include the LAN Pis (`picluster`) as Slurm compute nodes.
     #[serde(default)]
     pub slurm_include_picluster: bool,
-    /// More `slurm.conf` partitions, one `PartitionName=...` line each.
-    #[serde(default)]
-    pub slurm_partitions_extra: Vec<Spanned<String>>,
     /// Install Docker on the `containers` group.
     #[serde(default)]
     pub docker: bool,

@@ -63,10 +63,6 @@ pub fn slurm_conf(plan: &NodePlan) -> String {
         ));
         default = false;
     }
-    for line in &plan.slurm_partitions_extra {
-        s.push_str(line);
-        s.push('\n');
-    }
     s
 }
 
@@ -92,25 +88,4 @@ pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter, pending: &mut Pending) -> Result
     )?;
     pending.packages.push("slurmd".into());
     enable_or_defer(w, pending, "slurmd.service", "multi-user.target")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn extra_partitions_follow_chbuild_s_own() {
-        let path = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/profiles/clusterhat.toml"
-        ));
-        let text = std::fs::read_to_string(path).unwrap().replace(
-            "slurm_include_picluster = false",
-            "slurm_include_picluster = false\nslurm_partitions_extra = [\"PartitionName=debug Nodes=z1 MaxTime=10\"]",
-        );
-        let p = crate::profile::parse_profile(&text, path).unwrap();
-        let conf = super::slurm_conf(&p.plan(p.node("z1").unwrap()));
-        assert!(
-            conf.ends_with("State=UP\nPartitionName=debug Nodes=z1 MaxTime=10\n"),
-            "{conf}"
-        );
-    }
 }
