@@ -34,7 +34,7 @@ pub const KNOWN: &[Known] = &[
     Known { name: "apt_pkg_extra", target: Profile("packages.extra.<group>; in host_vars: node.overrides.packages") },
     Known { name: "slurmstack_enable", target: Profile("features.slurm") },
     Known { name: "slurmstack_include_picluster", target: Profile("features.slurm_include_picluster") },
-    Known { name: "slurm_partitions_extra", target: Offline("chbuild writes the partitions itself (`zero`, and `picluster` with slurm_include_picluster); extra partitions go in an overlay file `overlays/feature/slurm/etc/slurm/slurm.conf.j2`") },
+    Known { name: "slurm_partitions_extra", target: Offline("chbuild writes the partitions itself (`zero`, and `pi` with slurm_include_picluster); more partitions go in an overlay file `overlays/feature/slurm/etc/slurm/slurm.conf.j2`") },
     Known { name: "docker_runtime_enable", target: Profile("features.docker; in host_vars: node.overrides.docker") },
     Known { name: "docker_runtime_on_zeros", target: Profile("features.docker_on_zeros") },
     Known { name: "k3s_cluster_enable", target: Profile("features.k3s") },
