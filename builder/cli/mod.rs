@@ -29,7 +29,7 @@ pub struct Global {
     )]
     pub profile: PathBuf,
     /// Secrets directory (default: the profile's `[secrets] dir`, or
-    /// `secrets/<cluster>` beside the profile's directory)
+    /// `secrets/<cluster>` beside the profile's `profiles/` directory)
     #[arg(long, global = true, env = "CHBUILD_SECRETS")]
     pub secrets: Option<PathBuf>,
     /// Base store directory (default: ~/.cache/chbuild/store)

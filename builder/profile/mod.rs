@@ -223,18 +223,16 @@ pub fn default_profile_path() -> PathBuf {
     PathBuf::from("profiles/clusterhat.toml")
 }
 
-/// The project a profile belongs to: the directory holding `profiles/`,
-/// `overlays/` and `secrets/`, so the profile directory's parent (empty:
-/// the current directory), wherever chbuild runs from.
+/// The project a profile belongs to, wherever chbuild runs from: the
+/// parent of a `profiles/` directory holding it (beside `overlays/` and
+/// `secrets/`), else the profile's own directory. Empty: the current
+/// directory.
 pub fn project_root(file: &Path) -> PathBuf {
     let dir = file.parent().unwrap_or(Path::new(""));
-    if dir.as_os_str().is_empty() {
-        return PathBuf::from("..");
+    if dir.file_name().is_some_and(|n| n == "profiles") {
+        return dir.parent().unwrap_or(Path::new("")).to_path_buf();
     }
-    match dir.parent() {
-        Some(p) => p.to_path_buf(),
-        None => dir.join(".."),
-    }
+    dir.to_path_buf()
 }
 
 /// Read and validate a profile file.
@@ -921,6 +919,18 @@ pub fn check_secret_mode(path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn project_root_is_beside_profiles_or_the_profile_dir() {
+        for (file, root) in [
+            ("profiles/clusterhat.toml", ""),
+            ("/srv/x/profiles/p.toml", "/srv/x"),
+            ("/srv/x/mine.toml", "/srv/x"),
+            ("mine.toml", ""),
+        ] {
+            assert_eq!(project_root(Path::new(file)), Path::new(root), "{file}");
+        }
+    }
 
     #[test]
     fn line_col_counts_from_one() {

@@ -248,8 +248,8 @@ fn default_link() -> Vec<Spanned<String>> {
 #[serde(deny_unknown_fields)]
 pub struct RawSecrets {
     /// Directory of secrets (munge key, k3s token, host keys), relative to
-    /// the project (the profile directory's parent, which holds `overlays/`);
-    /// default `secrets/<cluster name>`.
+    /// the project: the parent of the `profiles/` directory holding the
+    /// profile, else the profile's directory; default `secrets/<cluster name>`.
     pub dir: Option<String>,
 }
 
