@@ -392,8 +392,15 @@ pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdArgs) -> Result
     if let Some(dev) = &args.dev {
         // Refuse a wrong device before spending minutes on the image; the
         // size is checked again against the image actually built.
-        let known_size = std::fs::metadata(&image_path).map(|m| m.len()).unwrap_or(0);
-        crate::device::check_target(dev, known_size, args.force)?;
+        let at_least = match std::fs::metadata(&image_path) {
+            Ok(m) => m.len(),
+            // No image yet: its layout's fixed part is a lower bound.
+            Err(_) => {
+                let l = crate::disk::load_layout(&sd_layout_path(profile, args.layout.as_deref()))?;
+                l.alignment + l.boot_size + l.root_margin
+            }
+        };
+        crate::device::check_target(dev, at_least, args.force)?;
         if !args.yes && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
             return Err(crate::cli::UsageError(format!(
                 "writing {} needs a confirmation, and there is no terminal to ask on: pass --yes",
@@ -437,6 +444,16 @@ pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdArgs) -> Result
 
 /// The SD image of one node at `image_path`, reused when its inputs are
 /// unchanged (never for a public build, whose secrets are collected).
+/// The disk layout given, or the shipped default.
+fn sd_layout_path(profile: &Profile, layout: Option<&Path>) -> PathBuf {
+    layout.map(Path::to_path_buf).unwrap_or_else(|| {
+        shipped(
+            profile,
+            &crate::disk::default_layout_path().to_string_lossy(),
+        )
+    })
+}
+
 pub fn sd_image(
     profile: &Profile,
     store: &Store,
@@ -453,12 +470,7 @@ pub fn sd_image(
         ))
         .into());
     }
-    let layout_path = layout.map(Path::to_path_buf).unwrap_or_else(|| {
-        shipped(
-            profile,
-            &crate::disk::default_layout_path().to_string_lossy(),
-        )
-    });
+    let layout_path = sd_layout_path(profile, layout);
     let layout = crate::disk::load_layout(&layout_path)?;
     let dir = image_path
         .parent()

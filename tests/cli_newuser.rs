@@ -203,6 +203,53 @@ fn sd_checks_the_device_before_building_anything() {
     assert!(!o.status.success());
     assert!(err.contains("it is not a block device"), "{err}");
     assert!(!err.contains("base.tar.xz"), "{err}");
+
+    // A card too small for even the layout's fixed part, on a loop device.
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIP: the loop device part needs root (runs in CI)");
+        return;
+    }
+    let card = t.path().join("small-card");
+    std::fs::File::create(&card)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let lo = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&card)
+        .output()
+        .unwrap();
+    assert!(lo.status.success(), "losetup: {}", text(&lo.stderr));
+    let dev = text(&lo.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+    let _guard = Detach(dev.clone());
+    let o = chbuild(&[
+        "sd",
+        "p5",
+        "--dev",
+        &dev,
+        "--yes",
+        "--force",
+        "-p",
+        pf.to_str().unwrap(),
+        "--secrets",
+        t.path().join("s").to_str().unwrap(),
+        "--store",
+        t.path().join("store").to_str().unwrap(),
+    ]);
+    let err = text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("the device is smaller than the image"),
+        "{err}"
+    );
+    assert!(!err.contains("base.tar.xz"), "{err}");
 }
 
 #[test]
