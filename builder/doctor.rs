@@ -305,7 +305,9 @@ fn vlan(tree: &Path, n: u8) -> Finding {
                 "nothing in its initramfs creates the usb0.10 VLAN ({}): the NFS root is unreachable",
                 if has_module { "no nfs-top script for it" } else { "8021q is not in etc/initramfs-tools/modules" }
             ),
-            "deploy a tree from the official usbboot archive or a chbuild build, which carry both",
+            "deploy a tree from the official usbboot archive (its initramfs has both), or give the \
+             tree 8021q in etc/initramfs-tools/modules and an nfs-top script that creates usb0.10, \
+             then rebuild its initramfs",
         )
     }
 }
