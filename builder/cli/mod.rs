@@ -83,7 +83,8 @@ pub enum Verb {
     },
     /// On the controller: find what keeps a Zero from booting, with fixes
     Doctor(DoctorArgs),
-    /// Write a profile equivalent to an Ansible inventory and group_vars
+    /// Write a profile equivalent to an Ansible project (inventory,
+    /// group_vars, host_vars, vars/vars.yml)
     ImportAnsible(ImportArgs),
     /// Print the profile reference (Markdown), generated from the schema
     ProfileReference,
