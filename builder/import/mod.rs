@@ -4,7 +4,9 @@
 
 mod inventory;
 pub mod mapping;
+mod nodes;
 mod render;
+mod report;
 mod resolve;
 mod vars;
 

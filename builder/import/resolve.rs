@@ -3,7 +3,8 @@
 //! the inventory), recording what became of every variable.
 
 use super::inventory::Inventory;
-use super::mapping::{self, Target};
+use super::nodes::{host_text, ipv4_of, nodes, CONTROLLER_DEFAULT};
+use super::report::{report_global, report_groups};
 use super::vars::{self, Sourced, Vars};
 use super::{ImportReport, Outcome};
 use anyhow::{bail, Context, Result};
@@ -22,26 +23,26 @@ pub struct Sources {
 
 impl Sources {
     /// Cluster-wide variables: inventory `all` < `group_vars/all` < vars.yml.
-    fn global(&self) -> Vars {
+    pub fn global(&self) -> Vars {
         let mut v = self.inv.group_vars.get("all").cloned().unwrap_or_default();
         v.extend(self.group_files.get("all").cloned().unwrap_or_default());
         v.extend(self.play_vars.clone());
         v
     }
 
-    fn group(&self, g: &str) -> Vars {
+    pub fn group(&self, g: &str) -> Vars {
         let mut v = self.inv.group_vars.get(g).cloned().unwrap_or_default();
         v.extend(self.group_files.get(g).cloned().unwrap_or_default());
         v
     }
 
-    fn host(&self, h: &str) -> Vars {
+    pub fn host(&self, h: &str) -> Vars {
         let mut v = self.inv.host_vars.get(h).cloned().unwrap_or_default();
         v.extend(self.host_files.get(h).cloned().unwrap_or_default());
         v
     }
 
-    fn scope(&self, s: &Sourced) -> String {
+    pub fn scope(&self, s: &Sourced) -> String {
         s.file
             .strip_prefix(&self.project)
             .unwrap_or(&s.file)
@@ -94,30 +95,14 @@ pub struct Settings {
     pub secrets_dir: Option<String>,
 }
 
-/// The groups chbuild builds, with the node kind and the model assumed when
-/// the inventory names none.
-const BUILT_GROUPS: [(&str, &str, &str); 3] = [
-    ("zerocluster", "usbboot", "zero2"),
-    ("picluster", "sd", "pi4"),
-    ("management", "sd", "pi5"),
-];
-
-/// ClusterCTRL (CNAT) gives Zero N the address 172.19.181.N; the reference
-/// project documents its controller `clusterhat` at 172.16.2.200.
-const CONTROLLER_DEFAULT: (&str, Ipv4Addr) = ("clusterhat", Ipv4Addr::new(172, 16, 2, 200));
-
-fn zero_default(slot: u8) -> Ipv4Addr {
-    Ipv4Addr::new(172, 19, 181, slot)
-}
-
-struct Ctx<'a> {
-    src: &'a Sources,
-    global: Vars,
-    report: ImportReport,
+pub(super) struct Ctx<'a> {
+    pub src: &'a Sources,
+    pub global: Vars,
+    pub report: ImportReport,
 }
 
 impl Ctx<'_> {
-    fn get(&self, k: &str) -> Option<&Sourced> {
+    pub fn get(&self, k: &str) -> Option<&Sourced> {
         self.global.get(k).filter(|s| !s.value.is_null())
     }
 
@@ -328,7 +313,7 @@ fn base(c: &mut Ctx) -> Result<Base> {
 }
 
 /// Groups named anywhere: in the inventory or by a group_vars file.
-fn group_names(src: &Sources) -> BTreeSet<String> {
+pub(super) fn group_names(src: &Sources) -> BTreeSet<String> {
     src.inv
         .order
         .iter()
@@ -337,251 +322,4 @@ fn group_names(src: &Sources) -> BTreeSet<String> {
         .filter(|g| g.as_str() != "all")
         .cloned()
         .collect()
-}
-
-fn host_text(src: &Sources, host: &str, k: &str) -> Option<String> {
-    src.host(host).get(k).and_then(|s| vars::text(&s.value))
-}
-
-/// The host's `ansible_host`, when it is an IPv4 address.
-fn ipv4_of(src: &Sources, host: &str) -> Result<Option<Ipv4Addr>> {
-    let hv = src.host(host);
-    let Some(s) = hv.get("ansible_host") else {
-        return Ok(None);
-    };
-    let text = vars::text(&s.value).unwrap_or_default();
-    text.parse().map(Some).with_context(|| {
-        format!(
-            "{}: ansible_host of {host} is `{text}`, not an IPv4 address: a profile needs the \
-             address",
-            s.file.display()
-        )
-    })
-}
-
-fn nodes(c: &mut Ctx) -> Result<Vec<NodeOut>> {
-    let src = c.src;
-    let mut out = vec![];
-    let mut seen = BTreeSet::new();
-    for (group, kind, default_model) in BUILT_GROUPS {
-        for h in src.inv.hosts.get(group).into_iter().flatten() {
-            if !seen.insert(h.clone()) {
-                continue;
-            }
-            out.push(node(c, h, group, kind, default_model)?);
-        }
-    }
-    // Hosts chbuild does not build are said, not silently dropped.
-    for (g, hosts) in &src.inv.hosts {
-        for h in hosts {
-            if g != "master" && !seen.contains(h) && !src.inv.hosts["master"].contains(h) {
-                c.report.variables.push(Outcome {
-                    scope: format!("{} [{g}]", src.inventory_file.display()),
-                    variable: h.clone(),
-                    kind: "unmapped",
-                    note: "host in no group chbuild builds (zerocluster, picluster, management): \
-                           left out"
-                        .into(),
-                });
-                seen.insert(h.clone());
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn node(
-    c: &mut Ctx,
-    h: &str,
-    group: &str,
-    kind: &'static str,
-    default_model: &str,
-) -> Result<NodeOut> {
-    let src = c.src;
-    let hv = src.host(h);
-    let model = match host_text(src, h, "pi_model") {
-        Some(m) => m,
-        None => {
-            c.report
-                .assumed
-                .push(format!("{h}: model {default_model} (no pi_model)"));
-            default_model.to_string()
-        }
-    };
-    let slot = if kind == "usbboot" {
-        let s = host_text(src, h, "usbboot_slot")
-            .or_else(|| {
-                Some(
-                    h.trim_start_matches(|ch: char| !ch.is_ascii_digit())
-                        .to_string(),
-                )
-            })
-            .filter(|s| !s.is_empty())
-            .with_context(|| {
-                format!(
-                    "{}: cannot tell the ClusterCTRL slot of {h}: set usbboot_slot",
-                    src.inventory_file.display()
-                )
-            })?;
-        Some(s.parse::<u8>().with_context(|| {
-            format!(
-                "{}: {h}: slot `{s}` is not a number",
-                src.inventory_file.display()
-            )
-        })?)
-    } else {
-        None
-    };
-    let address = match (ipv4_of(src, h)?, slot) {
-        (Some(a), _) => a,
-        (None, Some(n)) => {
-            c.report.assumed.push(format!(
-                "{h} at {} (no ansible_host; ClusterCTRL's address for slot {n})",
-                zero_default(n)
-            ));
-            zero_default(n)
-        }
-        (None, None) => bail!(
-            "{}: host {h} ({group}) has no ansible_host and no ClusterHAT default address: add \
-             `{h} ansible_host=<its LAN address>`",
-            src.inventory_file.display()
-        ),
-    };
-    let groups: Vec<String> = src
-        .inv
-        .groups_of(h)
-        .into_iter()
-        .filter(|g| BUILT_GROUPS.iter().any(|b| b.0 == g) || !src.inv.children.contains_key(g))
-        .collect();
-    let mut n = NodeOut {
-        name: h.to_string(),
-        kind,
-        model,
-        slot,
-        address,
-        groups,
-        packages: vec![],
-        docker: None,
-        vars: BTreeMap::new(),
-    };
-    for (k, s) in &hv {
-        let scope = format!("{} ({h})", src.scope(s));
-        let (kind, note) = host_var(&mut n, k, s);
-        c.report.variables.push(Outcome {
-            scope,
-            variable: k.clone(),
-            kind,
-            note,
-        });
-    }
-    Ok(n)
-}
-
-/// Apply one host variable to the node; say what it became.
-fn host_var(n: &mut NodeOut, k: &str, s: &Sourced) -> (&'static str, String) {
-    if let Some((_, key)) = mapping::HOST_KEYS.iter().find(|(v, _)| *v == k) {
-        return ("profile", format!("[[node]] {key}"));
-    }
-    match k {
-        "apt_pkg_extra" => {
-            n.packages = vars::list(&s.value);
-            ("profile", "[[node]] overrides.packages".into())
-        }
-        "docker_runtime_enable" if vars::truthy(&s.value) == Some(false) => {
-            n.docker = Some(false);
-            ("profile", "[[node]] overrides.docker = false".into())
-        }
-        k if k.starts_with("ansible_") => ("unmapped", ANSIBLE_CONNECTION.into()),
-        k => {
-            match mapping::known(k) {
-                Some(m) => cluster_wide(m),
-                None => match vars::to_toml(&s.value) {
-                    Some(v) => {
-                        n.vars.insert(k.to_string(), v);
-                        (
-                        "profile",
-                        format!("[[node]] overrides.vars.{k} (for overlay templates; no role reads it)"),
-                    )
-                    }
-                    None => ("unmapped", "empty value".into()),
-                },
-            }
-        }
-    }
-}
-
-const ANSIBLE_CONNECTION: &str =
-    "Ansible connection setting: nothing connects while building offline";
-
-/// A known variable found per group or per host, where chbuild has one
-/// cluster-wide setting.
-fn cluster_wide(m: &mapping::Known) -> (&'static str, String) {
-    match m.target {
-        Target::Profile(key) => (
-            "unmapped",
-            format!("cluster-wide in chbuild: set it in group_vars/all (profile key {key})"),
-        ),
-        Target::Deploy(flag) => ("deploy", flag.into()),
-        Target::Offline(why) => ("unmapped", why.into()),
-    }
-}
-
-fn report_global(c: &mut Ctx) {
-    for (k, s) in c.global.clone() {
-        let scope = c.src.scope(&s);
-        let already = c
-            .report
-            .variables
-            .iter()
-            .any(|o| o.variable == k && o.scope == scope);
-        if already {
-            continue;
-        }
-        let (kind, note) = match mapping::known(&k) {
-            Some(m) => match m.target {
-                Target::Profile(key) => ("profile", key.to_string()),
-                Target::Deploy(flag) => ("deploy", flag.to_string()),
-                Target::Offline(why) => ("unmapped", why.to_string()),
-            },
-            None if k == "timezone" => ("profile", "cluster.timezone".into()),
-            None if k.starts_with("ansible_") => ("unmapped", ANSIBLE_CONNECTION.into()),
-            None => (
-                "unmapped",
-                "no profile key: put it in a node's overrides.vars for overlay templates".into(),
-            ),
-        };
-        c.report.variables.push(Outcome {
-            scope,
-            variable: k,
-            kind,
-            note,
-        });
-    }
-}
-
-fn report_groups(c: &mut Ctx) {
-    for g in group_names(c.src) {
-        for (k, s) in c.src.group(&g) {
-            let (kind, note) = match k.as_str() {
-                "apt_pkg_extra" => ("profile", format!("packages.extra.{g}")),
-                k if k.starts_with("ansible_") => ("unmapped", ANSIBLE_CONNECTION.into()),
-                k => match mapping::known(k) {
-                    Some(m) => cluster_wide(m),
-                    None => (
-                        "unmapped",
-                        format!(
-                            "group variable with no profile key: put it in overrides.vars of \
-                             the [{g}] nodes for overlay templates"
-                        ),
-                    ),
-                },
-            };
-            c.report.variables.push(Outcome {
-                scope: c.src.scope(&s),
-                variable: k,
-                kind,
-                note,
-            });
-        }
-    }
 }
