@@ -2,6 +2,8 @@
 //! the real binary: exit codes, hints, node selection, names the README
 //! writes, man pages, and the setup the README's main command runs.
 
+mod loop_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -184,21 +186,25 @@ fn sd_checks_the_device_before_building_anything() {
     let pf = t.path().join("profiles/p.toml");
     std::fs::create_dir_all(pf.parent().unwrap()).unwrap();
     std::fs::write(&pf, profile).unwrap();
+    let sd_to = |dev: &str| {
+        chbuild(&[
+            "sd",
+            "p5",
+            "--dev",
+            dev,
+            "--yes",
+            "--force",
+            "-p",
+            pf.to_str().unwrap(),
+            "--secrets",
+            t.path().join("s").to_str().unwrap(),
+            "--store",
+            t.path().join("store").to_str().unwrap(),
+        ])
+    };
     let not_a_disk = t.path().join("card.img");
     std::fs::write(&not_a_disk, b"").unwrap();
-    let o = chbuild(&[
-        "sd",
-        "p5",
-        "--dev",
-        not_a_disk.to_str().unwrap(),
-        "--yes",
-        "-p",
-        pf.to_str().unwrap(),
-        "--secrets",
-        t.path().join("s").to_str().unwrap(),
-        "--store",
-        t.path().join("store").to_str().unwrap(),
-    ]);
+    let o = sd_to(not_a_disk.to_str().unwrap());
     let err = text(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("it is not a block device"), "{err}");
@@ -215,34 +221,8 @@ fn sd_checks_the_device_before_building_anything() {
         .unwrap()
         .set_len(8 << 20)
         .unwrap();
-    let lo = Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(&card)
-        .output()
-        .unwrap();
-    assert!(lo.status.success(), "losetup: {}", text(&lo.stderr));
-    let dev = text(&lo.stdout).trim().to_string();
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-        }
-    }
-    let _guard = Detach(dev.clone());
-    let o = chbuild(&[
-        "sd",
-        "p5",
-        "--dev",
-        &dev,
-        "--yes",
-        "--force",
-        "-p",
-        pf.to_str().unwrap(),
-        "--secrets",
-        t.path().join("s").to_str().unwrap(),
-        "--store",
-        t.path().join("store").to_str().unwrap(),
-    ]);
+    let card_dev = loop_support::Loop::attach(&card);
+    let o = sd_to(&card_dev.dev);
     let err = text(&o.stderr);
     assert!(!o.status.success());
     assert!(
