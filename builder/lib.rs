@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod device;
 pub mod disk;
 pub mod doctor;
+pub mod error;
 pub mod import;
 pub mod overlay;
 pub mod pipeline;
