@@ -435,6 +435,26 @@ pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdOptions) -> Res
             dir.join(format!("{node}.img"))
         }
     };
+    if let Some(dev) = &args.dev {
+        // Refuse a wrong device before spending minutes on the image; the
+        // size is checked again against the image actually built.
+        let at_least = match std::fs::metadata(&image_path) {
+            Ok(m) => m.len(),
+            // No image yet: its layout's fixed part is a lower bound.
+            Err(_) => {
+                let l = crate::disk::load_layout(&sd_layout_path(profile, args.layout.as_deref()))?;
+                l.alignment + l.boot_size + l.root_margin
+            }
+        };
+        crate::device::check_target(dev, at_least, args.write.force)?;
+        if !args.write.yes && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Err(crate::error::UsageError(format!(
+                "writing {} needs a confirmation, and there is no terminal to ask on: pass --yes",
+                dev.display()
+            ))
+            .into());
+        }
+    }
     let (image, reused) = sd_image(
         profile,
         store,
@@ -467,6 +487,16 @@ pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdOptions) -> Res
 
 /// The SD image of one node at `image_path`, reused when its inputs are
 /// unchanged (never for a public build, whose secrets are collected).
+/// The disk layout given, or the shipped default.
+fn sd_layout_path(profile: &Profile, layout: Option<&Path>) -> PathBuf {
+    layout.map(Path::to_path_buf).unwrap_or_else(|| {
+        shipped(
+            profile,
+            &crate::disk::default_layout_path().to_string_lossy(),
+        )
+    })
+}
+
 pub fn sd_image(
     profile: &Profile,
     store: &Store,
@@ -483,12 +513,7 @@ pub fn sd_image(
         ))
         .into());
     }
-    let layout_path = layout.map(Path::to_path_buf).unwrap_or_else(|| {
-        shipped(
-            profile,
-            &crate::disk::default_layout_path().to_string_lossy(),
-        )
-    });
+    let layout_path = sd_layout_path(profile, layout);
     let layout = crate::disk::load_layout(&layout_path)?;
     let dir = image_path
         .parent()

@@ -180,6 +180,26 @@ fn read_secret(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// The user's keys: `ssh_authorized_keys` and those of
+/// `ssh_authorized_keys_file`.
+pub fn authorized_keys(profile: &Profile) -> Result<Vec<String>> {
+    let mut keys = profile.user.ssh_authorized_keys.clone();
+    if let Some(f) = &profile.user.ssh_authorized_keys_file {
+        let text = fs::read_to_string(f)
+            .with_context(|| format!("reading {} (run `chbuild secrets init`)", f.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            ssh_key::PublicKey::from_openssh(line)
+                .with_context(|| format!("{}:{}: not an OpenSSH public key", f.display(), i + 1))?;
+            keys.push(line.to_string());
+        }
+    }
+    Ok(keys)
+}
+
 impl Secrets {
     pub fn load(profile: &Profile) -> Result<Secrets> {
         let dir = profile.secrets_dir.clone();
@@ -194,21 +214,7 @@ impl Secrets {
             .trim()
             .to_string();
         let password_hash = password_hash(profile)?;
-        let mut authorized_keys = profile.user.ssh_authorized_keys.clone();
-        if let Some(f) = &profile.user.ssh_authorized_keys_file {
-            let text = fs::read_to_string(f)
-                .with_context(|| format!("reading {} (run `chbuild secrets init`)", f.display()))?;
-            for (i, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                ssh_key::PublicKey::from_openssh(line).with_context(|| {
-                    format!("{}:{}: not an OpenSSH public key", f.display(), i + 1)
-                })?;
-                authorized_keys.push(line.to_string());
-            }
-        }
+        let authorized_keys = authorized_keys(profile)?;
         Ok(Secrets {
             dir,
             munge_key,

@@ -300,10 +300,11 @@ fn bad_selection_is_a_usage_error() {
 }
 
 #[test]
-fn missing_profile_is_a_failure_naming_the_path() {
+fn missing_profile_is_bad_usage_naming_the_path() {
+    // Bad usage or profile is exit 2, as the README says.
     let o = chbuild(&["check", "--profile", "/nonexistent/p.toml"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("reading /nonexistent/p.toml"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no profile at /nonexistent/p.toml"));
 }
 
 /// Every command path: `[]` for chbuild itself, `["store", "gc"]`...
@@ -482,4 +483,22 @@ fn completions_and_man_pages_are_generated() {
             assert!(String::from_utf8_lossy(&o.stdout).contains("deploy"));
         }
     }
+}
+
+#[test]
+fn duplicate_addresses_are_refused() {
+    assert_refused(
+        "address = \"172.19.181.2\"",
+        "address = \"172.19.181.1\"",
+        "address = \"172.19.181.1\"#2",
+        "node z2: address",
+        "172.19.181.1 is already used by node z1",
+    );
+    assert_refused(
+        "address = \"172.16.2.201\"",
+        "address = \"172.16.2.200\"",
+        "address = \"172.16.2.200\"#2",
+        "node p1: address",
+        "172.16.2.200 is already used by the controller (lan_address)",
+    );
 }

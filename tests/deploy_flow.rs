@@ -374,3 +374,48 @@ fn wait_for_ssh_gives_up_after_its_timeout() {
     assert!(env.is_on("p1"));
     assert!(env.nfs().join("p1/.chbuild-build").exists());
 }
+
+#[test]
+fn dry_run_json_is_pure_repeatable_and_fails_as_the_real_run_would() {
+    let env = Env::new();
+    let (a, _) = out(&env, "a", &[NodeSpec::new("z1", 1, "A")]);
+    // clusterctrl is missing: the dry run shows the plan, then fails.
+    let dry = || {
+        env.command(&["--json", "deploy", "z1", "--from", &a, "--dry-run"])
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap()
+    };
+    let (o1, o2) = (dry(), dry());
+    let err = String::from_utf8_lossy(&o1.stderr);
+    assert_eq!(o1.status.code(), Some(1), "{err}");
+    assert!(err.contains("a real deploy would stop here"), "{err}");
+    assert!(err.contains("`clusterctrl` is needed"), "{err}");
+    // stdout is the JSON report and nothing else.
+    let v: serde_json::Value = serde_json::from_slice(&o1.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o1.stdout)));
+    assert_eq!(v[0]["action"], "would-fail");
+    // No pid or other per-run detail: two dry runs print the same.
+    assert_eq!(o1.stdout, o2.stdout);
+    assert!(String::from_utf8_lossy(&o1.stdout).contains(".p1.staging-<pid>"));
+
+    // With what it needs, the action is `would-deploy`.
+    let o = env.run(&["--json", "deploy", "z1", "--from", &a, "--dry-run"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["action"], "would-deploy");
+}
+
+#[test]
+fn deploy_waits_for_ssh_by_default() {
+    let env = Env::new();
+    let (a, _) = out(&env, "a", &[NodeSpec::new("z1", 1, "A")]);
+    let o = env.run(&["deploy", "z1", "--from", &a, "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("wait up to 300 s for SSH on 172.19.181.1:22"),
+        "{stdout}"
+    );
+    let o = env.run(&["deploy", "z1", "--from", &a, "--dry-run", "--no-wait"]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("wait up to"));
+}

@@ -3,6 +3,7 @@
 //! write to a loop device standing in for a card.
 
 mod cli_support;
+mod loop_support;
 
 use cli_support::Chbuild;
 use std::os::unix::fs::PermissionsExt;
@@ -157,24 +158,8 @@ fn sd_writes_a_card_through_the_command_line() {
     let card = t.path().join("card");
     let len = std::fs::metadata(&img).unwrap().len() + (64 << 20);
     std::fs::File::create(&card).unwrap().set_len(len).unwrap();
-    let lo = Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(&card)
-        .output()
-        .unwrap();
-    assert!(
-        lo.status.success(),
-        "losetup: {}",
-        String::from_utf8_lossy(&lo.stderr)
-    );
-    let dev = String::from_utf8(lo.stdout).unwrap().trim().to_string();
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-        }
-    }
-    let _guard = Detach(dev.clone());
+    let card_dev = loop_support::Loop::attach(&card);
+    let dev = card_dev.dev.clone();
     // Without --force a loop device (not removable) is refused.
     let o = chbuild(&[
         "sd",

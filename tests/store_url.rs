@@ -101,7 +101,7 @@ fn url_base(url: &str, algorithm: ChecksumAlgorithm, hex: String) -> Base {
     Base {
         source: BaseSource::Url {
             url: url.to_string(),
-            checksum: Checksum { algorithm, hex },
+            checksum: Some(Checksum { algorithm, hex }),
         },
         architecture: Arch::Arm64,
         boot_dir: "boot/firmware".into(),
@@ -186,4 +186,56 @@ fn interrupted_download_resumes_with_a_range_request() {
     );
     // Known from now on without downloading.
     assert_eq!(store.digest_of(&base).as_deref(), Some(sha.as_str()));
+}
+
+/// `checksum = "unverified"` (an Ansible project's empty checksum): the
+/// profile loads, the download happens once, and every step says loudly
+/// that nothing was verified, with the sha256 to pin.
+#[test]
+fn unverified_download_is_allowed_loudly_and_once() {
+    let body = archive();
+    let sha = hex::encode(Sha256::digest(&body));
+    let server = serve(body, false);
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/profiles/clusterhat.toml"
+    ))
+    .unwrap();
+    let (a, b) = (text.find("[base]").unwrap(), text.find("[user]").unwrap());
+    let profile = tmp.path().join("profiles/u.toml");
+    std::fs::create_dir_all(profile.parent().unwrap()).unwrap();
+    std::fs::write(
+        &profile,
+        format!(
+            "{}[base]\nsource = \"url\"\nurl = \"{}\"\nchecksum = \"unverified\"\narchitecture = \"arm64\"\n\n{}",
+            &text[..a],
+            server.url,
+            &text[b..]
+        ),
+    )
+    .unwrap();
+    let ingest = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chbuild"))
+            .args(["store", "ingest", "-p"])
+            .arg(&profile)
+            .arg("--store")
+            .arg(tmp.path().join("store"))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let o = ingest();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), sha);
+    assert!(err.contains("UNVERIFIED download"), "{err}");
+    assert!(
+        err.contains(&format!("checksum = \"sha256:{sha}\"")),
+        "{err}"
+    );
+    let o = ingest();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("checksum = \"unverified\""));
+    assert_eq!(server.requests.lock().unwrap().len(), 1, "downloaded twice");
 }

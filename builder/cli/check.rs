@@ -7,9 +7,26 @@ use crate::profile::{self, plan::NodePlan, Profile};
 use anyhow::Result;
 use std::io::Write;
 
-pub fn check(cli: &Cli) -> Result<()> {
+pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
     let p = load(cli)?;
-    let plans: Vec<NodePlan> = p.nodes.iter().map(|n| p.plan(n)).collect();
+    let names = super::commands::select(&p, nodes)?;
+    let mut plans: Vec<NodePlan> = p
+        .nodes
+        .iter()
+        .filter(|n| names.contains(&n.name))
+        .map(|n| p.plan(n))
+        .collect();
+    // Only the layers that exist apply; the plan lists every candidate.
+    let overlays = crate::overlay::Overlays::builtin()?;
+    for pl in &mut plans {
+        pl.overlays = crate::overlay::layers(pl, &overlays, p.overlay_dir.as_deref())?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+    }
+    if cli.global.quiet && !cli.global.json {
+        return Ok(());
+    }
     if cli.global.json {
         let v = serde_json::json!({
             "profile": p.file,
@@ -59,7 +76,12 @@ pub fn check(cli: &Cli) -> Result<()> {
             pl.groups.join(",")
         )?;
         writeln!(o, "  features:  {}", features(pl).join(", "))?;
-        writeln!(o, "  overlays:  {}", pl.overlays.join(" < "))?;
+        let overlays = if pl.overlays.is_empty() {
+            "(none exist)".to_string()
+        } else {
+            pl.overlays.join(" < ")
+        };
+        writeln!(o, "  overlays:  {overlays}")?;
         writeln!(o, "  packages:  {}", pl.packages.join(" "))?;
         writeln!(o, "  artifacts: {}", artifacts(pl).join(", "))?;
     }
@@ -69,7 +91,10 @@ pub fn check(cli: &Cli) -> Result<()> {
 fn describe_base(p: &Profile) -> String {
     match &p.base.source {
         profile::BaseSource::Archive { path, .. } => format!("archive {}", path.display()),
-        profile::BaseSource::Url { url, checksum } => format!("{url} ({checksum})"),
+        profile::BaseSource::Url { url, checksum } => match checksum {
+            Some(c) => format!("{url} ({c})"),
+            None => format!("{url} (UNVERIFIED: no checksum, the download is not checked)"),
+        },
         profile::BaseSource::Debian(r) => format!(
             "Debian {} {} {} via mmdebstrap, {} packages",
             r.suite,
@@ -119,10 +144,20 @@ fn artifacts(pl: &NodePlan) -> Vec<String> {
 
 pub fn show(cli: &Cli, node: &str) -> Result<()> {
     let p = load(cli)?;
-    let n = p
-        .node(node)
-        .ok_or_else(|| UsageError(format!("unknown node `{node}` in {}", p.file.display())))?;
-    let plan = p.plan(n);
+    let n = p.node(node).ok_or_else(|| {
+        let names: Vec<&str> = p.nodes.iter().map(|n| n.name.as_str()).collect();
+        UsageError(format!(
+            "unknown node `{node}` in {} (its nodes: {})",
+            p.file.display(),
+            names.join(", ")
+        ))
+    })?;
+    let mut plan = p.plan(n);
+    // The keys a node gets include those of ssh_authorized_keys_file.
+    match crate::secrets::authorized_keys(&p) {
+        Ok(keys) => plan.user.ssh_authorized_keys = keys,
+        Err(e) => tracing::warn!("{e:#}"),
+    }
     let v = serde_json::to_value(&plan)?;
     if cli.global.json {
         println!("{}", serde_json::to_string_pretty(&v)?);

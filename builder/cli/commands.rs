@@ -1,8 +1,6 @@
 //! One function per verb: load the profile, call the library, report.
 
-use super::{
-    check, deploy, Cli, ImageArgs, ImportArgs, ReleaseArgs, SdArgs, SecretsVerb, StoreVerb, Verb,
-};
+use super::{check, deploy, Cli, ImageArgs, ReleaseArgs, SdArgs, SecretsVerb, StoreVerb, Verb};
 use crate::error::UsageError;
 use crate::profile::{self, Profile};
 use anyhow::{Context, Result};
@@ -10,6 +8,29 @@ use std::path::{Path, PathBuf};
 
 pub fn load(cli: &Cli) -> Result<Profile> {
     let path = &cli.global.profile;
+    if !path.is_file() {
+        return Err(UsageError(format!(
+            "no profile at {}: give one with -p FILE or CHBUILD_PROFILE (the default is \
+             profiles/clusterhat.toml in the current directory)",
+            path.display()
+        ))
+        .into());
+    }
+    let p = load_from(cli, path)?;
+    if let profile::BaseSource::Url {
+        url,
+        checksum: None,
+    } = &p.base.source
+    {
+        tracing::warn!(
+            "{}: base {url} has checksum = \"unverified\": its download is not checked",
+            p.file.display()
+        );
+    }
+    Ok(p)
+}
+
+fn load_from(cli: &Cli, path: &std::path::Path) -> Result<Profile> {
     match &cli.global.secrets {
         None => profile::load_profile(path),
         Some(dir) => {
@@ -35,7 +56,7 @@ pub fn store(cli: &Cli) -> Result<crate::store::Store> {
 
 pub fn dispatch(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Verb::Check => check::check(cli),
+        Verb::Check { nodes } => check::check(cli, nodes),
         Verb::Show { node } => check::show(cli, node),
         Verb::Secrets(SecretsVerb::Init { force }) => secrets_init(cli, *force),
         Verb::Image(args) => image(cli, args),
@@ -49,6 +70,7 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
         Verb::Release(args) => release(cli, args),
         Verb::Verify { dir } => verify(cli, dir),
         Verb::ImportAnsible(args) => import_ansible(cli, args),
+        Verb::Doctor(args) => doctor(cli, args),
         Verb::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "chbuild", &mut std::io::stdout());
@@ -123,45 +145,18 @@ fn release(cli: &Cli, args: &ReleaseArgs) -> Result<()> {
 }
 
 fn verify(cli: &Cli, dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Err(UsageError(format!(
+            "{} does not exist or is not a directory (give a release or output directory)",
+            dir.display()
+        ))
+        .into());
+    }
     let files = crate::artifact::verify(dir)?;
     if cli.global.json {
         return print_json(cli, &files);
     }
     tracing::info!("{}: {} files verified", dir.display(), files.len());
-    Ok(())
-}
-
-fn import_ansible(cli: &Cli, args: &ImportArgs) -> Result<()> {
-    let secrets = cli
-        .global
-        .secrets
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("secrets/{}", args.name)));
-    let (text, report) =
-        crate::import::import_ansible(&args.inventory, &args.vars, &args.name, &secrets)?;
-    // Prove the result is a valid profile before anyone uses it.
-    let target = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("imported.toml"));
-    profile::parse_profile_with_secrets(&text, &target, &secrets)?;
-    match &args.output {
-        Some(out) => crate::artifact::write_atomic(out, text.as_bytes())?,
-        None => print!("{text}"),
-    }
-    if cli.global.json {
-        eprintln!("{}", serde_json::to_string_pretty(&report.unmapped)?);
-        return Ok(());
-    }
-    for s in &report.secrets {
-        tracing::info!("password hash moved to {s}");
-    }
-    for a in &report.assumed {
-        tracing::info!("assumed: {a}");
-    }
-    for u in &report.unmapped {
-        tracing::warn!("not mapped: {} {} ({})", u.scope, u.variable, u.note);
-    }
     Ok(())
 }
 
@@ -172,6 +167,12 @@ fn store_verb(cli: &Cli, verb: &StoreVerb) -> Result<()> {
             let entries = st.list()?;
             if cli.global.json {
                 return print_json(cli, &entries);
+            }
+            if entries.is_empty() {
+                tracing::info!(
+                    "the store {} is empty (`chbuild store ingest` or `chbuild image` fills it)",
+                    st.root.display()
+                );
             }
             for e in entries {
                 println!("{}  {:>8} MiB  {}", e.digest, e.size >> 20, e.source);
@@ -200,13 +201,13 @@ fn store_verb(cli: &Cli, verb: &StoreVerb) -> Result<()> {
 /// chbuild.1 plus chbuild-<verb>.1 for every verb, from the definitions.
 fn write_man_pages(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    // Building propagates the global options into every verb and names
+    // each `chbuild VERB` for its synopsis.
+    cmd.build();
     let mut pages = vec![("chbuild".to_string(), cmd.clone())];
     for sub in cmd.get_subcommands() {
-        // clap names commands with 'static strings; a page name is made
-        // once per verb per run, so leaking it is harmless.
-        let name: &'static str = Box::leak(format!("chbuild-{}", sub.get_name()).into_boxed_str());
-        pages.push((name.to_string(), sub.clone().name(name)));
+        pages.push((format!("chbuild-{}", sub.get_name()), sub.clone()));
     }
     for (name, c) in pages {
         let path = dir.join(format!("{name}.1"));
@@ -214,6 +215,119 @@ fn write_man_pages(dir: &Path) -> Result<()> {
         clap_mangen::Man::new(c).render(&mut buf)?;
         std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
         tracing::info!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn import_ansible(cli: &Cli, a: &super::ImportArgs) -> Result<()> {
+    // The hash goes where the written profile will look for it: the
+    // project's `secrets/<cluster>`, or the --secrets directory, which the
+    // profile then names.
+    let project = a
+        .output
+        .as_deref()
+        .map(profile::project_root)
+        .unwrap_or_default();
+    let (secrets, key) = match &cli.global.secrets {
+        Some(d) => (d.clone(), Some(profile_relative(d, &project)?)),
+        None => (project.join(format!("secrets/{}", a.name)), None),
+    };
+    let opts = crate::import::ImportOptions {
+        inventory: &a.inventory,
+        group_vars: a.vars.as_deref(),
+        cluster: &a.name,
+        secrets_dir: &secrets,
+        secrets_key: key,
+        force: a.force,
+    };
+    let mut imported = crate::import::import_ansible(&opts)?;
+    crate::import::write_import(&mut imported, &opts, a.output.as_deref())?;
+    if a.output.is_none() {
+        print!("{}", imported.profile);
+    }
+    let r = &imported.report;
+    if cli.global.json {
+        // stdout carries the profile when no -o is given.
+        let report = serde_json::to_string_pretty(r)?;
+        if a.output.is_some() {
+            println!("{report}");
+        } else {
+            eprintln!("{report}");
+        }
+        return Ok(());
+    }
+    for s in &r.secrets {
+        tracing::info!("password hash written to {s}");
+    }
+    for s in &r.kept {
+        tracing::warn!("kept existing {s}: it differs from pi_pwhash (use --force to replace it)");
+    }
+    for s in &r.assumed {
+        tracing::info!("assumed: {s}");
+    }
+    for v in &r.variables {
+        match v.kind {
+            "profile" => tracing::info!("{} {} -> {}", v.scope, v.variable, v.note),
+            "deploy" => tracing::info!("{} {} -> deploy: {}", v.scope, v.variable, v.note),
+            _ => tracing::warn!("not mapped: {} {} ({})", v.scope, v.variable, v.note),
+        }
+    }
+    for w in &r.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(())
+}
+
+/// `dir` as the profile's `[secrets] dir`: relative to the project root
+/// when it lies inside it, absolute otherwise.
+fn profile_relative(dir: &std::path::Path, project: &std::path::Path) -> Result<String> {
+    let cwd = std::env::current_dir().context("finding the current directory")?;
+    let abs = |p: &std::path::Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cwd.join(p)
+        }
+    };
+    let (d, root) = (abs(dir), abs(project));
+    Ok(match d.strip_prefix(&root) {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
+        _ => d.display().to_string(),
+    })
+}
+
+fn doctor(cli: &Cli, a: &super::DoctorArgs) -> Result<()> {
+    use crate::doctor::Status;
+    use std::io::Write;
+    let findings = crate::doctor::diagnose(&crate::doctor::DoctorOptions {
+        root: a.root.clone(),
+        release: a.release.clone(),
+        min_free: a.min_free_mib << 20,
+    })?;
+    if cli.global.json {
+        println!("{}", serde_json::to_string_pretty(&findings)?);
+    } else {
+        let mut o = std::io::stdout().lock();
+        for f in &findings {
+            match (&f.status, &f.fix) {
+                (Status::Problem, Some(fix)) => writeln!(
+                    o,
+                    "PROBLEM {} {}: {} -- fix: {fix}",
+                    f.check, f.subject, f.message
+                )?,
+                _ if !cli.global.quiet => {
+                    writeln!(o, "ok      {} {}: {}", f.check, f.subject, f.message)?
+                }
+                _ => {}
+            }
+        }
+    }
+    let problems = findings
+        .iter()
+        .filter(|f| f.status == Status::Problem)
+        .count();
+    if problems > 0 {
+        anyhow::bail!("{problems} problem(s) found");
     }
     Ok(())
 }

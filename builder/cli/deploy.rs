@@ -12,16 +12,28 @@ pub fn deploy(cli: &Cli, args: &DeployArgs) -> Result<()> {
     let reports = crate::deploy::run(&p, &args.options(), &mut |event| {
         print_deploy_event(event, json)
     })?;
-    print_json(cli, &reports)
+    print_json(cli, &reports)?;
+    if reports.iter().any(|r| r.action == "would-fail") {
+        anyhow::bail!("a real deploy would stop here: a prerequisite is missing (see above)");
+    }
+    Ok(())
 }
 
 /// What a deploy tells as it goes; with `--json` only what the JSON
 /// report does not say.
+/// stdout holds only the JSON report under `--json`.
 fn print_deploy_event(event: Event, json: bool) {
+    let say = |l: String| {
+        if json {
+            tracing::warn!("{l}");
+        } else {
+            println!("{l}");
+        }
+    };
     match event {
-        Event::WouldRecover(p) => println!("would recover the interrupted deploy of {p}"),
-        Event::WouldRemove(s) => println!("would remove {s} left by an interrupted run"),
-        Event::Missing(m) => println!("missing: {m}"),
+        Event::WouldRecover(p) => say(format!("would recover the interrupted deploy of {p}")),
+        Event::WouldRemove(s) => say(format!("would remove {s} left by an interrupted run")),
+        Event::Missing(m) => tracing::error!("missing: {m}"),
         Event::Diff { .. } | Event::Planned { .. } if json => {}
         Event::Diff { node, pname, lines } => {
             println!("--- {node} ({pname}) {} files differ", lines.len());
@@ -35,7 +47,13 @@ fn print_deploy_event(event: Event, json: bool) {
             action,
             steps,
         } => {
-            println!("{node} ({pname}): would be {action}");
+            match action {
+                "would-fail" => {
+                    println!("{node} ({pname}): would fail (a prerequisite is missing)")
+                }
+                "unchanged" => println!("{node} ({pname}): would be unchanged"),
+                _ => println!("{node} ({pname}): would be deployed"),
+            }
             for s in steps {
                 println!("  {s}");
             }

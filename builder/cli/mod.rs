@@ -30,7 +30,8 @@ pub struct Global {
         default_value = "profiles/clusterhat.toml"
     )]
     pub profile: PathBuf,
-    /// Secrets directory (default: the profile's, `secrets/<cluster>`)
+    /// Secrets directory (default: the profile's `[secrets] dir`, or
+    /// `secrets/<cluster>` beside the profile's `profiles/` directory)
     #[arg(long, global = true, env = "CHBUILD_SECRETS")]
     pub secrets: Option<PathBuf>,
     /// Base store directory (default: ~/.cache/chbuild/store)
@@ -49,8 +50,12 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Verb {
-    /// Validate the profile and print the plan of every node
-    Check,
+    /// Validate the profile and print the plan of the selected nodes
+    Check {
+        /// Nodes to show
+        #[arg(default_value = "all")]
+        nodes: Vec<String>,
+    },
     /// Print every resolved variable of one node
     Show {
         /// Node name
@@ -78,7 +83,10 @@ pub enum Verb {
         /// The directory holding manifest.json and SHA256SUMS
         dir: PathBuf,
     },
-    /// Write a profile equivalent to an Ansible inventory and group_vars
+    /// On the controller: find what keeps a Zero from booting, with fixes
+    Doctor(DoctorArgs),
+    /// Write a profile equivalent to an Ansible project (inventory,
+    /// group_vars, host_vars, vars/vars.yml)
     ImportAnsible(ImportArgs),
     /// Print the profile reference (Markdown), generated from the schema
     ProfileReference,
@@ -114,13 +122,31 @@ pub struct ReleaseArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Check the controller under this prefix instead of /
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// Also check that the deployed builds are this release's (a release or
+    /// `chbuild image` output directory)
+    #[arg(long)]
+    pub release: Option<PathBuf>,
+    /// Free space the NFS directory needs for one more tree, MiB
+    #[arg(long, default_value_t = 1024)]
+    pub min_free_mib: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The Ansible inventory (INI)
+    /// The Ansible inventory (INI or YAML)
     #[arg(long)]
     pub inventory: PathBuf,
-    /// The group_vars directory
+    /// The group_vars directory (default: beside the inventory); host_vars/
+    /// and vars/vars.yml are read beside it
     #[arg(long)]
-    pub vars: PathBuf,
+    pub vars: Option<PathBuf>,
+    /// Replace an existing password hash in the secrets directory
+    #[arg(long)]
+    pub force: bool,
     /// Write the profile here (default: stdout)
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
@@ -172,6 +198,7 @@ pub enum Format {
     /// Only the node tree directory
     Dir,
     /// The tree and a deterministic <node>.tar.zst
+    #[value(name = "tar.zst", alias = "tar-zst")]
     TarZst,
 }
 
@@ -248,9 +275,10 @@ pub struct DeployArgs {
     /// Deploy a bundle built elsewhere (the output directory of `image`)
     #[arg(long)]
     pub bundle: Option<PathBuf>,
-    /// Where `chbuild image` wrote the trees (default: images/out/<cluster>)
-    #[arg(long, short = 'o', conflicts_with = "bundle")]
-    pub output: Option<PathBuf>,
+    /// Where to read the trees from: the output directory of `chbuild
+    /// image` (default: images/out/<cluster>)
+    #[arg(long = "from", alias = "output", conflicts_with = "bundle")]
+    pub from: Option<PathBuf>,
     /// Put each node's secrets back from this bundle (made by
     /// `chbuild release --public`)
     #[arg(long)]
@@ -274,8 +302,11 @@ pub struct DeployArgs {
     #[arg(long)]
     pub no_power_on: bool,
     /// Wait this many seconds for SSH on the node after power-on
-    #[arg(long)]
-    pub wait_for_ssh: Option<u64>,
+    #[arg(long, default_value_t = 300)]
+    pub wait_for_ssh: u64,
+    /// Do not wait for SSH after power-on
+    #[arg(long, conflicts_with = "wait_for_ssh")]
+    pub no_wait: bool,
     /// Do not ask before disturbing running Zeros
     #[arg(long)]
     pub yes: bool,
@@ -303,7 +334,7 @@ impl DeployArgs {
             nodes: self.nodes.clone(),
             root: self.root.clone(),
             bundle: self.bundle.clone(),
-            output: self.output.clone(),
+            from: self.from.clone(),
             secrets_bundle: self.secrets_bundle.clone(),
             dry_run: self.dry_run,
             diff: self.diff,
@@ -312,6 +343,7 @@ impl DeployArgs {
             no_power: self.no_power,
             no_power_on: self.no_power_on,
             wait_for_ssh: self.wait_for_ssh,
+            no_wait: self.no_wait,
             yes: self.yes,
         }
     }

@@ -50,7 +50,7 @@ pub struct DeployOptions {
     /// Deploy a bundle built elsewhere (the output directory of `image`).
     pub bundle: Option<PathBuf>,
     /// Where `image` wrote the trees (default: the profile's output dir).
-    pub output: Option<PathBuf>,
+    pub from: Option<PathBuf>,
     /// Put each node's secrets back from this bundle.
     pub secrets_bundle: Option<PathBuf>,
     /// Tell what would happen, change nothing.
@@ -66,7 +66,9 @@ pub struct DeployOptions {
     /// Leave the node powered off after deploying.
     pub no_power_on: bool,
     /// Wait this many seconds for SSH on the node after power-on.
-    pub wait_for_ssh: Option<u64>,
+    pub wait_for_ssh: u64,
+    /// Do not wait for SSH.
+    pub no_wait: bool,
     /// Go ahead even when running Zeros are disturbed.
     pub yes: bool,
 }
@@ -113,8 +115,9 @@ pub enum Event<'a> {
 pub struct NodeReport {
     pub node: String,
     pub slot: u8,
-    /// `deployed`, `unchanged`, `uninstalled`, `rolled-back`, or with
-    /// `--dry-run` the same prefixed by `would-`.
+    /// `deployed`, `unchanged`, `uninstalled`, `rolled-back`; with
+    /// `--dry-run`, `would-deploy`, `would-fail` (a prerequisite is
+    /// missing), `would-uninstall` or `unchanged`.
     pub action: String,
     pub build: Option<String>,
     pub previous: Option<String>,
@@ -330,9 +333,10 @@ impl Job<'_> {
             Content::Tree(_) => "a copy of the tree",
             Content::Tarball { .. } => "unpacking the tarball",
         };
+        // The pid belongs to the run, not the plan: two dry runs must
+        // print the same.
         s.push(format!(
-            "stage .{p}.staging-{} by {how} from {}",
-            std::process::id(),
+            "stage .{p}.staging-<pid> by {how} from {}",
             self.src.describe()
         ));
         if self.exists {
@@ -350,10 +354,10 @@ impl Job<'_> {
         }
         if !args.no_power && !args.no_power_on {
             s.push(format!("power on {p}"));
-            if let Some(secs) = args.wait_for_ssh {
+            if !args.no_wait {
                 s.push(format!(
-                    "wait up to {secs} s for SSH on {}:22",
-                    self.plan.address
+                    "wait up to {} s for SSH on {}:22",
+                    args.wait_for_ssh, self.plan.address
                 ));
             }
         }
@@ -373,7 +377,7 @@ pub fn run(
     if args.uninstall {
         return uninstall(args, &plans, &nfs, on);
     }
-    let (dir, bundle) = match (&args.bundle, &args.output) {
+    let (dir, bundle) = match (&args.bundle, &args.from) {
         (Some(b), _) => (b.clone(), true),
         (None, Some(o)) => (o.clone(), false),
         (None, None) => (crate::artifact::default_output_dir(profile), false),
@@ -411,14 +415,24 @@ pub fn run(
     let power = power_status(!args.no_power && !args.dry_run)?;
     let jobs = plan_jobs(&plans, &sources, &nfs, args, power.as_ref());
     let work: Vec<&Job> = jobs.iter().filter(|j| !j.unchanged).collect();
-    for m in &missing_prerequisites(&work, &nfs, args)? {
+    let missing = missing_prerequisites(&work, &nfs, args)?;
+    for m in &missing {
         on(Event::Missing(m));
     }
     check_power(&work, args, power.as_ref())?;
 
     let mut reports = Vec::new();
     for j in &jobs {
-        reports.push(run_job(j, d.as_ref(), &nfs, args, &nfs_server, on)?);
+        let blocked = !missing.is_empty();
+        reports.push(run_job(
+            j,
+            d.as_ref(),
+            &nfs,
+            args,
+            &nfs_server,
+            blocked,
+            on,
+        )?);
     }
     Ok(reports)
 }
@@ -430,6 +444,7 @@ fn run_job(
     nfs: &Path,
     args: &DeployOptions,
     nfs_server: &str,
+    blocked: bool,
     on: &mut dyn FnMut(Event),
 ) -> Result<NodeReport> {
     let diff = if args.diff {
@@ -444,7 +459,13 @@ fn run_job(
         None
     };
     let steps = j.steps(args);
-    let action = if j.unchanged { "unchanged" } else { "deployed" };
+    // A dry run says what the real run would do, failing included.
+    let action = match (j.unchanged, args.dry_run, blocked) {
+        (true, _, _) => "unchanged",
+        (false, false, _) => "deployed",
+        (false, true, false) => "would-deploy",
+        (false, true, true) => "would-fail",
+    };
     if args.dry_run {
         on(Event::Planned {
             node: &j.plan.name,
@@ -472,11 +493,7 @@ fn run_job(
     Ok(NodeReport {
         node: j.plan.name.clone(),
         slot: j.slot,
-        action: if args.dry_run {
-            format!("would-{action}")
-        } else {
-            action.into()
-        },
+        action: action.into(),
         build: Some(j.src.build.clone()),
         previous: j.previous.clone(),
         usbboot_init: (!j.unchanged).then(|| j.init_note()),
@@ -730,8 +747,8 @@ fn deploy_node(d: &NfsDir, j: &Job, args: &DeployOptions, nfs_server: &str) -> R
         return Err(e.context(format!("powering on {p} failed: it is left powered off")));
     }
     tracing::info!("{p}: powered on");
-    if let Some(secs) = args.wait_for_ssh {
-        wait_for_ssh(j.plan, secs)?;
+    if !args.no_wait {
+        wait_for_ssh(j.plan, args.wait_for_ssh)?;
     }
     Ok(())
 }

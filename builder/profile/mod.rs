@@ -60,7 +60,8 @@ pub enum BaseSource {
     },
     Url {
         url: String,
-        checksum: Checksum,
+        /// `None`: `checksum = "unverified"`, every download warns.
+        checksum: Option<Checksum>,
     },
     Debian(DebianRecipe),
 }
@@ -140,6 +141,7 @@ pub struct Features {
     pub k3s: bool,
     pub k3s_server: Option<String>,
     pub k3s_airgap_dir: Option<PathBuf>,
+    pub k3s_version: Option<String>,
     pub nfs_server: Option<String>,
     pub nfs_export_path: String,
     pub nfs_mount_point: String,
@@ -217,6 +219,18 @@ impl Profile {
 /// The default profile, used when `--profile` is not given.
 pub fn default_profile_path() -> PathBuf {
     PathBuf::from("profiles/clusterhat.toml")
+}
+
+/// The project a profile belongs to, wherever chbuild runs from: the
+/// parent of a `profiles/` directory holding it (beside `overlays/` and
+/// `secrets/`), else the profile's own directory. Empty: the current
+/// directory.
+pub fn project_root(file: &Path) -> PathBuf {
+    let dir = file.parent().unwrap_or(Path::new(""));
+    if dir.file_name().is_some_and(|n| n == "profiles") {
+        return dir.parent().unwrap_or(Path::new("")).to_path_buf();
+    }
+    dir.to_path_buf()
 }
 
 /// Read and validate a profile file.

@@ -99,7 +99,8 @@ pub struct RawBase {
     pub path: Option<Spanned<String>>,
     /// For `url`: where to download the archive.
     pub url: Option<Spanned<String>>,
-    /// For `url` (and optionally `archive`): `sha256:<hex>` or `md5:<hex>`.
+    /// For `url` (and optionally `archive`): `sha256:<hex>` or `md5:<hex>`;
+    /// for `url`, `"unverified"` downloads without a check, with a warning.
     pub checksum: Option<Spanned<String>>,
     /// For `debian`: the suite (bookworm).
     pub suite: Option<String>,
@@ -192,6 +193,9 @@ pub struct RawFeatures {
     /// Optional k3s air-gap bundle: directory holding `k3s` and
     /// `k3s-airgap-images-<arch>.tar[.zst]`, relative to the profile.
     pub k3s_airgap_dir: Option<Spanned<String>>,
+    /// k3s release that first boot installs without an air-gap bundle
+    /// (`v1.30.4+k3s1`; default: the current stable release).
+    pub k3s_version: Option<String>,
     /// Node serving NFS (exports `nfs_export_path`).
     pub nfs_server: Option<Spanned<String>>,
     /// Exported directory on the NFS server.
@@ -247,7 +251,8 @@ fn default_link() -> Vec<Spanned<String>> {
 #[serde(deny_unknown_fields)]
 pub struct RawSecrets {
     /// Directory of secrets (munge key, k3s token, host keys), relative to
-    /// the current directory; default `secrets/<cluster name>`.
+    /// the project: the parent of the `profiles/` directory holding the
+    /// profile, else the profile's directory; default `secrets/<cluster name>`.
     pub dir: Option<String>,
 }
 

@@ -48,8 +48,13 @@ fn select_term(profile: &Profile, term: &str) -> Result<Vec<String>> {
         return Ok(profile.nodes.iter().map(|n| n.name.clone()).collect());
     }
     if let Some(group) = term.strip_prefix('@') {
-        if !profile.group_names().contains(group) {
-            bail!("unknown group `@{group}`");
+        let groups = profile.group_names();
+        if !groups.contains(group) {
+            let known: Vec<String> = groups.iter().map(|g| format!("@{g}")).collect();
+            bail!(
+                "unknown group `@{group}` (known groups: {})",
+                known.join(", ")
+            );
         }
         let members: Vec<String> = profile
             .nodes

@@ -40,6 +40,7 @@ pub fn values(packages: &[String], p: &Pending) -> Value {
         "munge_owner": p.munge_owner,
         "docker_group": p.docker_group.as_deref().map(sh_word),
         "k3s_install": p.k3s_install.as_deref().map(sh_word),
+        "k3s_version": p.k3s_version.as_deref().map(sh_word),
         "k3s_install_url": K3S_INSTALL_URL,
         "enable": words(&p.enable),
     })
@@ -66,5 +67,16 @@ mod tests {
         assert_eq!(values(&[], &p)["needs_network"], false);
         assert_eq!(values(&["htop".into()], &p)["needs_network"], true);
         assert_eq!(sh_word("a b'c"), "'a b'\\''c'");
+    }
+
+    #[test]
+    fn k3s_install_pins_the_profile_version() {
+        let mut p = Pending {
+            k3s_install: Some("agent".into()),
+            ..Pending::default()
+        };
+        assert_eq!(values(&[], &p)["k3s_version"], Value::Null);
+        p.k3s_version = Some("v1.30.4+k3s1".into());
+        assert_eq!(values(&[], &p)["k3s_version"], "v1.30.4+k3s1");
     }
 }

@@ -80,6 +80,7 @@ pub fn apply(
             pending.packages.push("curl".into());
             pending.packages.push("ca-certificates".into());
             pending.k3s_install = Some(role.to_string());
+            pending.k3s_version = ctx.profile.features.k3s_version.clone();
         }
     }
     Ok(())

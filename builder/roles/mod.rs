@@ -101,6 +101,8 @@ pub struct Pending {
     pub docker_group: Option<String>,
     /// Install k3s with its install script: `server` or `agent`.
     pub k3s_install: Option<String>,
+    /// `features.k3s_version`, for that install.
+    pub k3s_version: Option<String>,
 }
 
 /// Apply every role, then the overlays, to the node tree at `tree`.

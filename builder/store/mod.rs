@@ -84,9 +84,10 @@ impl Store {
                 Some(c) => self.index_get(&md5_key(c)),
                 None => self.index_get(&file_key(path).ok()?),
             },
-            BaseSource::Url { checksum, .. } => match checksum.algorithm {
-                ChecksumAlgorithm::Sha256 => Some(checksum.hex.clone()),
-                ChecksumAlgorithm::Md5 => self.index_get(&md5_key(checksum)),
+            BaseSource::Url { checksum, url } => match checksum {
+                Some(c) if c.algorithm == ChecksumAlgorithm::Sha256 => Some(c.hex.clone()),
+                Some(c) => self.index_get(&md5_key(c)),
+                None => self.index_get(&url_key(url)),
             },
             BaseSource::Debian(r) => Some(debian::recipe_digest(r)),
         }
@@ -116,10 +117,22 @@ impl Store {
                 Ok(t)
             }
             BaseSource::Url { url, checksum } => {
-                let file = fetch::download(url, checksum, &self.root.join(DOWNLOADS))?;
-                let t = self.ingest(&file, Some(checksum), url.clone(), None)?;
-                if checksum.algorithm == ChecksumAlgorithm::Md5 {
-                    self.index_put(&md5_key(checksum), &t.digest)?;
+                let file = fetch::download(url, checksum.as_ref(), &self.root.join(DOWNLOADS))?;
+                let t = self.ingest(&file, checksum.as_ref(), url.clone(), None)?;
+                match checksum {
+                    Some(c) if c.algorithm == ChecksumAlgorithm::Md5 => {
+                        self.index_put(&md5_key(c), &t.digest)?
+                    }
+                    Some(_) => {}
+                    None => {
+                        // The URL is the only name an unverified base has.
+                        self.index_put(&url_key(url), &t.digest)?;
+                        tracing::warn!(
+                            "UNVERIFIED base: {url} was not checked against any checksum; \
+                             pin it in the profile with checksum = \"sha256:{}\"",
+                            t.digest
+                        );
+                    }
                 }
                 // The tree is what is kept; the archive was only the way in.
                 fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
@@ -304,6 +317,11 @@ impl Store {
 
 fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Index key of a URL downloaded without a checksum.
+fn url_key(url: &str) -> String {
+    format!("url-{}", hex::encode(sha2::Sha256::digest(url.as_bytes())))
 }
 
 fn md5_key(c: &Checksum) -> String {

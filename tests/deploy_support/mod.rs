@@ -364,6 +364,12 @@ impl Env {
             .args(args)
             .arg("--root")
             .arg(&self.root);
+        // No Zero boots here: only the tests about waiting wait for SSH,
+        // and dry runs, which show the wait they would do.
+        let waits = args.contains(&"--wait-for-ssh") || args.contains(&"--dry-run");
+        if args.first() == Some(&"deploy") && !waits {
+            c.arg("--no-wait");
+        }
         c
     }
 

@@ -33,6 +33,7 @@ pub(super) fn features(
         k3s: f.k3s,
         k3s_server: node_ref(&f.k3s_server, "features.k3s_server")?,
         k3s_airgap_dir: f.k3s_airgap_dir.as_ref().map(|d| ctx.rel(d.get_ref())),
+        k3s_version: f.k3s_version.clone(),
         nfs_server: node_ref(&f.nfs_server, "features.nfs_server")?,
         nfs_export_path: f.nfs_export_path.clone(),
         nfs_mount_point: f.nfs_mount_point.clone(),

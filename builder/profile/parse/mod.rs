@@ -120,7 +120,7 @@ pub(super) fn parse(
     let boot_dir = base::boot_dir(&ctx, &raw.base)?;
     let secrets_dir = match secrets_override {
         Some(d) => d.to_path_buf(),
-        None => user::secrets_dir(&raw.secrets, &cluster.name),
+        None => user::secrets_dir(&raw.secrets, &cluster.name, file),
     };
     let user = user::user(&ctx, &raw.user, &secrets_dir)?;
     let nodes = nodes::nodes(

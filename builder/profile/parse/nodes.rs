@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 struct Taken {
     hostnames: BTreeMap<String, String>,
     slots: BTreeMap<u8, String>,
+    addresses: BTreeMap<std::net::Ipv4Addr, String>,
 }
 
 pub(super) fn nodes(
@@ -27,6 +28,20 @@ pub(super) fn nodes(
     let mut taken = Taken {
         hostnames: BTreeMap::new(),
         slots: BTreeMap::new(),
+        addresses: BTreeMap::from([
+            (
+                controller.lan_address,
+                "the controller (lan_address)".into(),
+            ),
+            (
+                controller.zero_address,
+                "the controller (zero_address)".into(),
+            ),
+            (
+                controller.nfs_address,
+                "the controller (nfs_address)".into(),
+            ),
+        ]),
     };
     taken
         .hostnames
@@ -83,6 +98,14 @@ fn node(
             format!("{address} is outside the node's network {net}"),
         ));
     }
+    if let Some(owner) = taken.addresses.get(&address) {
+        return Err(ctx.err(
+            rn.address.span(),
+            &key("address"),
+            format!("{address} is already used by {owner}"),
+        ));
+    }
+    taken.addresses.insert(address, format!("node {nname}"));
     if !model.can_run(architecture) {
         return Err(ctx.err(
             rn.model.span(),

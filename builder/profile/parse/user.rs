@@ -6,9 +6,9 @@ use crate::profile::{check_secret_mode, ProfileError, User};
 use std::path::{Path, PathBuf};
 
 /// The profile's secrets directory: `[secrets] dir`, else
-/// `secrets/<cluster>`.
-pub(super) fn secrets_dir(raw: &RawSecrets, cluster: &str) -> PathBuf {
-    PathBuf::from(
+/// `secrets/<cluster>`, in the profile's project.
+pub(super) fn secrets_dir(raw: &RawSecrets, cluster: &str, file: &Path) -> PathBuf {
+    crate::profile::project_root(file).join(
         raw.dir
             .clone()
             .unwrap_or_else(|| format!("secrets/{cluster}")),
