@@ -54,7 +54,14 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
         }
         Verb::Image(args) => {
             let p = load(cli)?;
-            let nodes = select(&p, &args.nodes)?;
+            let (controller, rest) = super::controller::split(&p, &args.nodes);
+            if controller {
+                super::controller::image(cli, &p, args)?;
+                if rest.is_empty() {
+                    return Ok(());
+                }
+            }
+            let nodes = select(&p, &rest)?;
             let out = args
                 .output
                 .clone()
@@ -76,12 +83,19 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
             }
             Ok(())
         }
+        Verb::Deploy(args) if args.controller => {
+            let p = load(cli)?;
+            super::controller::deploy(cli, &p, args)
+        }
         Verb::Deploy(args) => {
             let p = load(cli)?;
             crate::deploy::run(&p, cli, args)
         }
         Verb::Rollback(args) => {
             let p = load(cli)?;
+            if super::controller::names_controller(&p, &args.nodes)? {
+                return super::controller::rollback(cli, args);
+            }
             crate::deploy::rollback(&p, args)
         }
         Verb::ProfileReference => {
@@ -201,6 +215,7 @@ fn check(cli: &Cli) -> Result<()> {
             "cluster": p.name,
             "base": p.base,
             "secrets_dir": p.secrets_dir,
+            "controller": p.controller_plan(),
             "nodes": plans.iter().map(|pl| serde_json::json!({
                 "name": pl.name,
                 "hostname": pl.hostname,
@@ -232,6 +247,7 @@ fn check(cli: &Cli) -> Result<()> {
         p.controller.lan_address,
         p.controller.zero_address
     )?;
+    super::controller::write_plan(&mut o, &p.controller_plan())?;
     for pl in &plans {
         writeln!(
             o,

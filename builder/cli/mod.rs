@@ -2,6 +2,7 @@
 //! function. Machine output (`--json`) goes to stdout, the rest to stderr.
 
 mod commands;
+mod controller;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -207,6 +208,10 @@ pub enum Compress {
 pub struct DeployArgs {
     /// Zero nodes to deploy (default: every usbboot node)
     pub nodes: Vec<String>,
+    /// Deploy the controller's own files (Slurm controller, munge key,
+    /// hosts, SSH config...) on this machine, installing missing packages
+    #[arg(long, conflicts_with_all = ["nodes", "bundle", "uninstall"])]
+    pub controller: bool,
     /// Deploy under this prefix instead of /
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
@@ -248,7 +253,8 @@ pub struct DeployArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    /// Zero nodes to roll back
+    /// Zero nodes to roll back, or the controller's name for the files of
+    /// the last `deploy --controller`
     #[arg(required = true)]
     pub nodes: Vec<String>,
     /// Deployed under this prefix instead of /

@@ -157,7 +157,7 @@ pub fn render(name: &str, source: &str, ctx: &serde_json::Value) -> Result<Strin
         .map_err(|e| anyhow::anyhow!("rendering template {name}: {e:#}"))
 }
 
-fn parse_mode(s: &str, what: &str) -> Result<u32> {
+pub(crate) fn parse_mode(s: &str, what: &str) -> Result<u32> {
     let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .with_context(|| format!("{what}: mode `{s}` is not octal such as \"0644\""))?;
     if m > 0o7777 {

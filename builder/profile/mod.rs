@@ -4,6 +4,7 @@
 //! only reads the file. Raw values (`schema`) and resolved values (`Profile`)
 //! are different types, so nothing downstream sees an unvalidated setting.
 
+pub mod controller;
 pub mod model;
 pub mod plan;
 pub mod reference;
@@ -116,6 +117,26 @@ pub struct Controller {
     pub zero_address: Ipv4Addr,
     pub nfs_address: Ipv4Addr,
     pub model: Model,
+    /// Also a Slurm compute node, in its own partition.
+    pub slurm_compute: bool,
+    pub slurm_partition: String,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub k3s_agent: bool,
+}
+
+impl Controller {
+    /// Whether `name` is the controller's host name or one of its aliases.
+    pub fn is_named(&self, name: &str) -> bool {
+        self.hostname == name || self.aliases.iter().any(|a| a == name)
+    }
+}
+
+/// An extra Slurm partition; `nodes` are Slurm node names (host names).
+#[derive(Debug, Clone, Serialize)]
+pub struct Partition {
+    pub name: String,
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,6 +158,7 @@ pub struct User {
 pub struct Features {
     pub slurm: bool,
     pub slurm_include_picluster: bool,
+    pub slurm_partitions_extra: Vec<Partition>,
     pub docker: bool,
     pub docker_on_zeros: bool,
     pub k3s: bool,
@@ -385,7 +407,24 @@ fn parse(
         zero_address: ctx.addr(&c.zero_address, "controller.zero_address")?,
         nfs_address: ctx.addr(&c.nfs_address, "controller.nfs_address")?,
         model: ctx.model(&c.model, "controller.model")?,
+        slurm_compute: c.slurm_compute,
+        slurm_partition: c.slurm_partition.get_ref().clone(),
+        cpus: 0,
+        memory_mb: 0,
+        k3s_agent: c.k3s_agent,
     };
+    let controller = Controller {
+        cpus: c.cpus.unwrap_or(controller.model.cpus()),
+        memory_mb: c.memory_mb.unwrap_or(controller.model.memory_mb()),
+        ..controller
+    };
+    if !valid_hostname(&controller.hostname) {
+        return Err(ctx.err(
+            c.hostname.span(),
+            "controller.hostname",
+            "must be a valid host name",
+        ));
+    }
     for (addr, net, key, span) in [
         (
             controller.lan_address,
@@ -595,6 +634,16 @@ fn parse(
         if nodes.iter().any(|n| n.name == nname) {
             return Err(ctx.err(rn.name.span(), &key("name"), "duplicate node name"));
         }
+        if controller.is_named(&nname) {
+            return Err(ctx.err(
+                rn.name.span(),
+                &key("name"),
+                format!(
+                    "`{nname}` is the controller: it is described by [controller], \
+                     not as a [[node]]"
+                ),
+            ));
+        }
         let kind = match rn.kind.get_ref().as_str() {
             "usbboot" => NodeKind::Usbboot,
             "sd" => NodeKind::Sd,
@@ -721,6 +770,7 @@ fn parse(
     }
 
     let f = &raw.features;
+    // A server is a node or the controller (under its host name).
     let node_ref =
         |v: &Option<Spanned<String>>, key: &str| -> Result<Option<String>, ProfileError> {
             match v {
@@ -728,16 +778,23 @@ fn parse(
                 Some(s) if nodes.iter().any(|n| &n.name == s.get_ref()) => {
                     Ok(Some(s.get_ref().clone()))
                 }
+                Some(s) if controller.is_named(s.get_ref()) => Ok(Some(controller.hostname.clone())),
                 Some(s) => Err(ctx.err(
                     s.span(),
                     key,
-                    format!("node `{}` does not exist", s.get_ref()),
+                    format!(
+                        "`{}` is neither a node nor the controller ({})",
+                        s.get_ref(),
+                        controller.hostname
+                    ),
                 )),
             }
         };
+    let slurm_partitions_extra = partitions_extra(&ctx, f, &controller, &nodes)?;
     let features = Features {
         slurm: f.slurm,
         slurm_include_picluster: f.slurm_include_picluster,
+        slurm_partitions_extra,
         docker: f.docker,
         docker_on_zeros: f.docker_on_zeros,
         k3s: f.k3s,
@@ -827,6 +884,75 @@ fn parse(
         }
     }
     Ok(profile)
+}
+
+/// Extra Slurm partitions: every member must be a Slurm compute node (a
+/// node in the `slurm` group, or the controller when it computes), named
+/// by node name, host name or a controller name.
+fn partitions_extra(
+    ctx: &Ctx,
+    f: &schema::RawFeatures,
+    controller: &Controller,
+    nodes: &[Node],
+) -> Result<Vec<Partition>, ProfileError> {
+    let mut reserved = vec![
+        plan::ZERO_PARTITION.to_string(),
+        plan::PI_PARTITION.to_string(),
+        controller.slurm_partition.clone(),
+    ];
+    let mut out = Vec::new();
+    for rp in &f.slurm_partitions_extra {
+        let name = rp.name.get_ref();
+        let key = format!("features.slurm_partitions_extra {name}");
+        if !valid_hostname(name) {
+            return Err(ctx.err(rp.name.span(), &key, "must be letters, digits or `-`"));
+        }
+        if reserved.contains(name) {
+            return Err(ctx.err(
+                rp.name.span(),
+                &key,
+                format!("partition `{name}` is already defined"),
+            ));
+        }
+        reserved.push(name.clone());
+        if rp.nodes.is_empty() {
+            return Err(ctx.err(rp.name.span(), &key, "a partition needs `nodes`"));
+        }
+        let mut members = Vec::new();
+        for m in &rp.nodes {
+            let who = m.get_ref();
+            let slurm_name = if controller.is_named(who) {
+                if !(f.slurm && controller.slurm_compute) {
+                    return Err(ctx.err(
+                        m.span(),
+                        &key,
+                        "the controller is not a Slurm compute node (controller.slurm_compute)",
+                    ));
+                }
+                controller.hostname.clone()
+            } else {
+                let Some(n) = nodes.iter().find(|n| &n.name == who || &n.hostname == who) else {
+                    return Err(ctx.err(m.span(), &key, format!("node `{who}` does not exist")));
+                };
+                if !plan::slurm_compute(f.slurm, f.slurm_include_picluster, n) {
+                    return Err(ctx.err(
+                        m.span(),
+                        &key,
+                        format!("node `{who}` is not a Slurm compute node"),
+                    ));
+                }
+                n.hostname.clone()
+            };
+            if !members.contains(&slurm_name) {
+                members.push(slurm_name);
+            }
+        }
+        out.push(Partition {
+            name: name.clone(),
+            nodes: members,
+        });
+    }
+    Ok(out)
 }
 
 /// Add every aggregate that (transitively) contains one of the groups.

@@ -55,6 +55,89 @@ pub struct SlurmNode {
     pub memory_mb: u32,
 }
 
+/// The Zeros' Slurm partition.
+pub const ZERO_PARTITION: &str = "zero";
+/// The LAN Pis' Slurm partition (as the reference setup names it).
+pub const PI_PARTITION: &str = "picluster";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlurmPartition {
+    pub name: String,
+    /// Slurm node names (host names).
+    pub nodes: Vec<String>,
+    pub default: bool,
+}
+
+/// Whether a node is a Slurm compute node: the Zeros always (with Slurm
+/// on), LAN Pis only with `slurm_include_picluster`.
+pub fn slurm_compute(slurm: bool, include_picluster: bool, n: &super::Node) -> bool {
+    slurm
+        && (n.groups.contains("slurm") || n.groups.contains("zerocluster"))
+        && (n.kind == NodeKind::Usbboot || include_picluster)
+}
+
+/// Slurm's nodes and partitions, the same for every node and the
+/// controller (slurm.conf must be identical everywhere).
+pub fn slurm_layout(p: &Profile) -> (Vec<SlurmNode>, Vec<SlurmPartition>) {
+    let f = &p.features;
+    if !f.slurm {
+        return (Vec::new(), Vec::new());
+    }
+    let compute: Vec<&super::Node> = p
+        .nodes
+        .iter()
+        .filter(|n| slurm_compute(f.slurm, f.slurm_include_picluster, n))
+        .collect();
+    let c = &p.controller;
+    let mut nodes: Vec<SlurmNode> = Vec::new();
+    if c.slurm_compute {
+        nodes.push(SlurmNode {
+            name: c.hostname.clone(),
+            address: c.lan_address,
+            cpus: c.cpus,
+            memory_mb: c.memory_mb,
+        });
+    }
+    nodes.extend(compute.iter().map(|n| SlurmNode {
+        name: n.hostname.clone(),
+        address: n.address,
+        cpus: n.cpus,
+        memory_mb: n.memory_mb,
+    }));
+    let names = |kind: NodeKind| -> Vec<String> {
+        compute
+            .iter()
+            .filter(|n| n.kind == kind)
+            .map(|n| n.hostname.clone())
+            .collect()
+    };
+    let mut parts = vec![
+        (ZERO_PARTITION.to_string(), names(NodeKind::Usbboot)),
+        (PI_PARTITION.to_string(), names(NodeKind::Sd)),
+    ];
+    if c.slurm_compute {
+        parts.push((c.slurm_partition.clone(), vec![c.hostname.clone()]));
+    }
+    parts.extend(
+        f.slurm_partitions_extra
+            .iter()
+            .map(|x| (x.name.clone(), x.nodes.clone())),
+    );
+    let mut out: Vec<SlurmPartition> = Vec::new();
+    for (name, nodes) in parts {
+        if nodes.is_empty() {
+            continue;
+        }
+        let default = out.is_empty();
+        out.push(SlurmPartition {
+            name,
+            nodes,
+            default,
+        });
+    }
+    (nodes, out)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NodePlan {
     pub cluster: String,
@@ -80,6 +163,7 @@ pub struct NodePlan {
     pub slurm_nodes: Vec<SlurmNode>,
     pub slurm_zero_nodes: Vec<String>,
     pub slurm_pi_nodes: Vec<String>,
+    pub slurm_partitions: Vec<SlurmPartition>,
     pub docker: bool,
     /// `server`, `agent`, or none.
     pub k3s_role: Option<String>,
@@ -125,11 +209,12 @@ impl NodePlan {
         } else {
             None
         };
-        let k3s_server_url = f.k3s_server.as_ref().and_then(|s| {
-            p.node(s)
-                .filter(|_| k3s_role.is_some())
-                .map(|n| format!("https://{}:6443", n.address))
-        });
+        let k3s_server_url = f
+            .k3s_server
+            .as_ref()
+            .filter(|_| k3s_role.is_some())
+            .and_then(|s| p.server_address(s, node.kind))
+            .map(|a| format!("https://{a}:6443"));
         let nfs_role = match &f.nfs_server {
             Some(s) if s == &node.name => Some("server".to_string()),
             Some(_) => Some("client".to_string()),
@@ -138,25 +223,9 @@ impl NodePlan {
         let nfs_server_address = f
             .nfs_server
             .as_ref()
-            .and_then(|s| p.node(s))
-            .map(|n| n.address);
-        let slurm_compute = |n: &super::Node| {
-            // Zeros are the compute partition; LAN Pis join only on request.
-            f.slurm
-                && (n.groups.contains("slurm") || n.groups.contains("zerocluster"))
-                && (n.kind == NodeKind::Usbboot || f.slurm_include_picluster)
-        };
-        let slurm_nodes: Vec<SlurmNode> = p
-            .nodes
-            .iter()
-            .filter(|n| slurm_compute(n))
-            .map(|n| SlurmNode {
-                name: n.hostname.clone(),
-                address: n.address,
-                cpus: n.cpus,
-                memory_mb: n.memory_mb,
-            })
-            .collect();
+            .and_then(|s| p.server_address(s, node.kind));
+        let slurm_compute = |n: &super::Node| slurm_compute(f.slurm, f.slurm_include_picluster, n);
+        let (slurm_nodes, slurm_partitions) = slurm_layout(p);
         let names_where = |pred: &dyn Fn(&super::Node) -> bool| -> Vec<String> {
             p.nodes
                 .iter()
@@ -291,6 +360,7 @@ impl NodePlan {
             slurm_nodes,
             slurm_zero_nodes,
             slurm_pi_nodes,
+            slurm_partitions,
             docker,
             k3s_server_url,
             k3s_airgap: p.features.k3s_airgap_dir.is_some() && k3s_role.is_some(),
@@ -314,5 +384,18 @@ impl NodePlan {
 impl Profile {
     pub fn plan(&self, node: &super::Node) -> NodePlan {
         NodePlan::new(self, node)
+    }
+
+    /// Address of a server (a node, or the controller under its host name)
+    /// as a node of `kind` reaches it: Zeros reach the controller on their
+    /// own network.
+    pub fn server_address(&self, server: &str, kind: NodeKind) -> Option<Ipv4Addr> {
+        if self.controller.hostname == server {
+            return Some(match kind {
+                NodeKind::Usbboot => self.controller.zero_address,
+                NodeKind::Sd => self.controller.lan_address,
+            });
+        }
+        self.node(server).map(|n| n.address)
     }
 }

@@ -12,6 +12,7 @@
 //! tree.
 
 pub mod accounts;
+pub mod controller;
 pub mod docker;
 pub mod firstboot;
 pub mod k3s;
@@ -108,6 +109,21 @@ pub fn known_hosts(profile: &Profile, secrets: &Secrets) -> Result<String> {
         out.push_str(&format!("{} {kind} {blob}\n", names.join(",")));
     }
     Ok(out)
+}
+
+/// Render a role's template, `overlays/roles/<role>/<path>.j2`, with any
+/// serializable plan as its variables.
+pub fn render_template(
+    overlays_dir: &Path,
+    role: &str,
+    path: &str,
+    vars: &impl serde::Serialize,
+) -> Result<String> {
+    let file = overlays_dir.join("roles").join(role).join(format!("{path}.j2"));
+    let src =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let ctx = serde_json::to_value(vars).context("serializing the plan for a template")?;
+    overlay::render(&format!("roles/{role}/{path}.j2"), &src, &ctx)
 }
 
 /// Where a unit file lives in the tree, as the absolute path a
