@@ -5,13 +5,14 @@
 const SCHEMA: &str = include_str!("schema.rs");
 
 /// TOML table of each raw struct, in the order the reference lists them.
-const TABLES: [(&str, &str); 11] = [
+const TABLES: [(&str, &str); 12] = [
     ("RawProfile", "top level"),
     ("RawCluster", "[cluster]"),
     ("RawController", "[controller]"),
     ("RawBase", "[base]"),
     ("RawUser", "[user]"),
     ("RawFeatures", "[features]"),
+    ("RawPartition", "[[features.slurm_partitions_extra]]"),
     ("RawPackages", "[packages]"),
     ("RawTree", "[tree]"),
     ("RawSecrets", "[secrets]"),
