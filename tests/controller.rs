@@ -272,6 +272,23 @@ fn ssh_accepts_the_generated_config_for_every_node() {
         assert!(t.contains("\nstricthostkeychecking true\n"), "{name}: {t}");
         assert!(t.contains("known_hosts.chbuild"), "{name}: {t}");
     }
+    // From the admin's machine on the LAN (`ssh_config` beside the
+    // artifacts), the Zeros are reached through the controller.
+    let lan = tree.parent().unwrap().join("ssh_config");
+    for (name, address) in nodes.iter().chain([&(HOST.to_string(), "172.16.2.200".to_string())]) {
+        let o = Command::new("ssh")
+            .arg("-G")
+            .arg("-F")
+            .arg(&lan)
+            .arg(name)
+            .output()
+            .expect("running ssh -G");
+        let t = text(&o);
+        assert!(o.status.success(), "{name}: {t}");
+        assert!(t.contains(&format!("\nhostname {address}\n")), "{name}: {t}");
+        let jumps = t.contains(&format!("\nproxyjump {HOST}\n"));
+        assert_eq!(jumps, name.starts_with('z'), "{name}: {t}");
+    }
     // The known_hosts the config names holds every node's key.
     let kh = fs::read_to_string(tree.join("home/pi/.ssh/known_hosts.chbuild")).unwrap();
     for (name, address) in &nodes {

@@ -89,6 +89,15 @@ pub fn image(profile: &Profile, out: &Path, format: Format) -> Result<Controller
     fs::rename(&tmp, &tree).with_context(|| format!("renaming {} into place", tree.display()))?;
     tracing::info!("{name}: controller overlay, {} entries", files.len());
 
+    // For the admin's machine: SSH to every node, the Zeros through the
+    // controller, and the cluster's host keys.
+    let ssh_config = crate::roles::controller::lan_ssh_config(&plan, &overlays)?;
+    super::write_atomic(&out.join("ssh_config"), ssh_config.as_bytes())?;
+    super::write_atomic(
+        &out.join("known_hosts"),
+        crate::roles::known_hosts(profile, &secrets)?.as_bytes(),
+    )?;
+
     let mut report = ControllerImageReport {
         output: out.to_path_buf(),
         tree: tree.clone(),

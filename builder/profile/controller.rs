@@ -19,8 +19,12 @@ pub struct SshHost {
     pub patterns: Vec<String>,
     pub address: Ipv4Addr,
     pub user: String,
-    /// Set when the controller has no address on the node's network.
+    /// The `Host` to jump through (the controller, for the Zeros seen from
+    /// the LAN).
     pub proxy_jump: Option<String>,
+    /// Checked against the cluster's known_hosts (the nodes; not the
+    /// controller, whose key is its own).
+    pub cluster_key: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,7 +53,11 @@ pub struct ControllerNodePlan {
     /// `server`, `agent`, or none.
     pub k3s_role: Option<String>,
     pub k3s_server_url: Option<String>,
+    /// `~/.ssh/config` on the controller: every node, directly.
     pub ssh_hosts: Vec<SshHost>,
+    /// `ssh_config` beside the artifacts, for the admin's machine on the
+    /// LAN: the controller, and the Zeros through it.
+    pub ssh_hosts_lan: Vec<SshHost>,
     /// Debian packages the plan needs on the controller.
     pub packages: Vec<String>,
     /// Units enabled (and started) on the controller.
@@ -88,28 +96,8 @@ impl ControllerNodePlan {
             }
         }
 
-        let on_controller_net = |a: Ipv4Addr| {
-            [p.lan_network, p.zero_network, p.nfs_network]
-                .iter()
-                .any(|n| n.contains(&a))
-        };
-        let ssh_hosts = p
-            .nodes
-            .iter()
-            .map(|n| {
-                let mut patterns = vec![n.name.clone()];
-                if n.hostname != n.name {
-                    patterns.push(n.hostname.clone());
-                }
-                SshHost {
-                    patterns,
-                    address: n.address,
-                    user: p.user.name.clone(),
-                    proxy_jump: (!on_controller_net(n.address))
-                        .then(|| format!("{}@{}", p.user.name, c.lan_address)),
-                }
-            })
-            .collect();
+        let ssh_hosts = host_blocks(p, false);
+        let ssh_hosts_lan = host_blocks(p, true);
 
         let is_server = |s: &Option<String>| s.as_deref() == Some(c.hostname.as_str());
         let nfs_role = match &f.nfs_server {
@@ -205,10 +193,45 @@ impl ControllerNodePlan {
             k3s_role,
             k3s_server_url,
             ssh_hosts,
+            ssh_hosts_lan,
             packages: packages.into_iter().map(String::from).collect(),
             units,
         }
     }
+}
+
+/// One `Host` block per node, seen from the controller (every network is
+/// its own) or from the LAN (the Zeros' network sits behind the
+/// controller, so they get `ProxyJump` through its block).
+fn host_blocks(p: &Profile, from_lan: bool) -> Vec<SshHost> {
+    let c = &p.controller;
+    let mut out = Vec::new();
+    if from_lan {
+        out.push(SshHost {
+            patterns: std::iter::once(c.hostname.clone())
+                .chain(c.aliases.iter().cloned())
+                .collect(),
+            address: c.lan_address,
+            user: p.user.name.clone(),
+            proxy_jump: None,
+            cluster_key: false,
+        });
+    }
+    for n in &p.nodes {
+        let mut patterns = vec![n.name.clone()];
+        if n.hostname != n.name {
+            patterns.push(n.hostname.clone());
+        }
+        out.push(SshHost {
+            patterns,
+            address: n.address,
+            user: p.user.name.clone(),
+            proxy_jump: (from_lan && !p.lan_network.contains(&n.address))
+                .then(|| c.hostname.clone()),
+            cluster_key: true,
+        });
+    }
+    out
 }
 
 impl Profile {

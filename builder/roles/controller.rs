@@ -50,7 +50,12 @@ struct Vars<'a> {
     plan: &'a ControllerNodePlan,
     known_hosts: String,
     k3s_token: &'a str,
+    ssh_known_hosts_file: &'a str,
 }
+
+/// The known_hosts file the controller's SSH config names.
+pub const KNOWN_HOSTS: &str = "home/_user_/.ssh/known_hosts.chbuild";
+const SSH_CONFIG: &str = "home/_user_/.ssh/config";
 
 struct Builder<'a> {
     overlays_dir: &'a Path,
@@ -159,6 +164,7 @@ pub fn owned_files(
         plan,
         known_hosts: super::known_hosts(profile, secrets)?,
         k3s_token: &secrets.k3s_token,
+        ssh_known_hosts_file: "~/.ssh/known_hosts.chbuild",
     };
     let ctx = serde_json::to_value(&vars).context("serializing the controller plan")?;
     let mut b = Builder {
@@ -173,8 +179,8 @@ pub fn owned_files(
     b.template(ROLE, "etc/hosts", None, &[])?;
     b.template(ROLE, "etc/ssh/ssh_known_hosts", None, &[])?;
     b.dir("home/_user_/.ssh")?;
-    b.template(ROLE, "home/_user_/.ssh/config", None, &[])?;
-    b.template(ROLE, "home/_user_/.ssh/known_hosts.chbuild", None, &[])?;
+    b.template(ROLE, SSH_CONFIG, None, &[])?;
+    b.template(ROLE, KNOWN_HOSTS, None, &[])?;
 
     let mut slurm_units = vec!["slurmctld.service"];
     if plan.slurm {
@@ -235,4 +241,26 @@ pub fn owned_files(
         )?;
     }
     Ok(b.out)
+}
+
+/// `ssh_config` for the admin's machine on the LAN: the same template with
+/// the blocks seen from the LAN (the Zeros through the controller) and the
+/// cluster's known_hosts copied to `~/.ssh/known_hosts.<cluster>`.
+pub fn lan_ssh_config(plan: &ControllerNodePlan, overlays_dir: &Path) -> Result<String> {
+    #[derive(Serialize)]
+    struct LanVars<'a> {
+        cluster: &'a str,
+        ssh_hosts: &'a [crate::profile::controller::SshHost],
+        ssh_known_hosts_file: String,
+    }
+    render_template(
+        overlays_dir,
+        ROLE,
+        SSH_CONFIG,
+        &LanVars {
+            cluster: &plan.cluster,
+            ssh_hosts: &plan.ssh_hosts_lan,
+            ssh_known_hosts_file: format!("~/.ssh/known_hosts.{}", plan.cluster),
+        },
+    )
 }
