@@ -149,23 +149,60 @@ fn bad_controller_input_names_the_profile_line() {
 }
 
 #[test]
-fn the_controller_can_serve_nfs_and_k3s() {
+fn the_controller_can_serve_nfs_and_run_a_k3s_agent() {
     let (p, _) = bad_profile(
         "server",
         "nfs_server = \"p5\"",
         "nfs_server = \"controller\"",
     );
+    let text_now = fs::read_to_string(&p)
+        .unwrap()
+        .replacen("model = \"pi4\"\n", "model = \"pi4\"\nk3s_agent = true\n", 1);
+    fs::write(&p, text_now).unwrap();
     let mut c = chbuild();
     c.profile = p.clone();
     let o = c.run(&["check", "--json"]);
-    let _ = fs::remove_file(&p);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["controller"]["nfs_role"], "server");
-    assert!(v["controller"]["packages"]
+    let ctl = &v["controller"];
+    assert_eq!(ctl["nfs_role"], "server");
+    assert_eq!(ctl["k3s_role"], "agent");
+    assert_eq!(ctl["k3s_server_url"], "https://172.16.2.205:6443");
+    assert!(ctl["packages"]
         .as_array()
         .unwrap()
         .contains(&"nfs-kernel-server".into()));
+    // The nodes mount the controller's export: LAN nodes by its LAN
+    // address, Zeros on their own network.
+    let nodes = v["nodes"].as_array().unwrap();
+    assert!(nodes.iter().all(|n| n["features"]
+        .as_array()
+        .unwrap()
+        .contains(&"nfs-client".into())));
+    for (node, addr) in [("p1", "172.16.2.200"), ("z1", "172.19.181.254")] {
+        let o = c.run(&["show", node, "--json"]);
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(s["nfs_server_address"], addr, "{node}");
+    }
+
+    let out = out_dir("server");
+    c.ok(&["image", HOST, "-o", out.to_str().unwrap(), "--format", "dir"]);
+    let _ = fs::remove_file(&p);
+    let tree = out.join(HOST);
+    let exports = fs::read_to_string(tree.join("etc/exports.d/chbuild.exports")).unwrap();
+    assert!(
+        exports.contains("/opt/data 172.16.2.0/24(rw,sync,no_subtree_check,root_squash)"),
+        "{exports}"
+    );
+    assert!(!tree.join("etc/exports").exists(), "ClusterCTRL's exports stay");
+    assert!(tree.join("opt/data").is_dir());
+    let k3s = tree.join("etc/rancher/k3s/config.yaml");
+    assert_eq!(fs::metadata(&k3s).unwrap().mode() & 0o7777, 0o600);
+    let y = fs::read_to_string(&k3s).unwrap();
+    let token = fs::read_to_string(c.secrets.join("k3s-token")).unwrap();
+    assert!(y.contains("server: \"https://172.16.2.205:6443\""), "{y}");
+    assert!(y.contains(&format!("token: \"{}\"", token.trim())), "{y}");
+    assert!(y.contains("node-name: \"clusterhat\""), "{y}");
 }
 
 // ---------------------------------------------------------------- image
