@@ -239,3 +239,83 @@ impl Profile {
         ControllerNodePlan::new(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::profile::{parse_profile, Profile};
+    use std::path::Path;
+
+    const DEFAULT: &str = include_str!("../../profiles/clusterhat.toml");
+
+    fn parse(text: &str) -> Result<Profile, crate::profile::ProfileError> {
+        parse_profile(
+            text,
+            Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/profiles/clusterhat.toml"
+            )),
+        )
+    }
+
+    #[test]
+    fn the_controller_computes_in_its_own_partition_once() {
+        let p = parse(DEFAULT).unwrap();
+        let c = p.controller_plan();
+        assert!(c.slurmctld && c.slurm && c.munge);
+        let names: Vec<&str> = c.slurm_nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["clusterhat", "z1", "z2", "z3", "z4"]);
+        let parts: Vec<(&str, bool)> = c
+            .slurm_partitions
+            .iter()
+            .map(|p| (p.name.as_str(), p.default))
+            .collect();
+        assert_eq!(parts, [("zero", true), ("controller", false)]);
+        // The nodes carry the same layout, so slurm.conf is identical.
+        let z1 = p.plan(p.node("z1").unwrap());
+        assert_eq!(
+            serde_json::to_string(&z1.slurm_partitions).unwrap(),
+            serde_json::to_string(&c.slurm_partitions).unwrap()
+        );
+        assert_eq!(c.nfs_role.as_deref(), Some("client"));
+        assert_eq!(c.nfs_server_address.unwrap().to_string(), "172.16.2.205");
+        assert!(c.units.contains(&"opt-data.automount".to_string()));
+    }
+
+    #[test]
+    fn the_compute_switch_and_extra_partitions() {
+        let off = DEFAULT.replacen(
+            "model = \"pi4\"\n",
+            "model = \"pi4\"\nslurm_compute = false\n",
+            1,
+        );
+        let c = parse(&off).unwrap().controller_plan();
+        assert!(c.slurmctld && !c.slurm);
+        assert!(c.slurm_nodes.iter().all(|n| n.name != "clusterhat"));
+        assert!(!c.packages.contains(&"slurmd".to_string()));
+        let extra = "\n[[features.slurm_partitions_extra]]\nname = \"all\"\nnodes = [\"z1\", \"p0\"]\n";
+        let with = |base: &str| {
+            let at = base.find("[packages]").unwrap();
+            format!("{}{extra}\n{}", &base[..at], &base[at..])
+        };
+        let p = parse(&with(DEFAULT)).unwrap();
+        let all = p
+            .controller_plan()
+            .slurm_partitions
+            .into_iter()
+            .find(|x| x.name == "all")
+            .unwrap();
+        assert_eq!(all.nodes, ["z1", "clusterhat"]);
+        let e = parse(&with(&off)).unwrap_err();
+        assert!(e.message.contains("not a Slurm compute node"), "{e}");
+        assert!(e.line > 0, "{e}");
+    }
+
+    #[test]
+    fn the_controller_is_not_a_node() {
+        let bad = DEFAULT.replacen("name = \"p5\"", "name = \"p0\"", 1);
+        let e = parse(&bad).unwrap_err();
+        assert!(e.message.contains("is the controller"), "{e}");
+        let line = bad[..bad.find("name = \"p0\"").unwrap()].matches('\n').count() + 1;
+        assert_eq!(e.line, line);
+    }
+}
