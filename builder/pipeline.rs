@@ -4,6 +4,7 @@
 use crate::artifact::public::{self, SecretFile};
 use crate::artifact::{self, Manifest, NodeArtifact};
 use crate::cli::{Format, SdArgs};
+use crate::overlay::Overlays;
 use crate::profile::{plan::NodePlan, Profile};
 use crate::secrets::Secrets;
 use crate::store::{BaseTree, Store};
@@ -37,31 +38,18 @@ pub fn source_date_epoch(base: &BaseTree) -> Result<i64> {
     Ok(m.mtime().max(0))
 }
 
-/// The inputs hash of one node with the profile's overlay directories.
-fn node_inputs(
-    profile: &Profile,
-    plan: &NodePlan,
-    base: &BaseTree,
-    epoch: i64,
-    secrets: &Secrets,
-) -> Result<String> {
-    let overlay_dirs: Vec<PathBuf> = std::iter::once(overlays_dir(profile))
-        .chain(profile.overlay_dir.clone())
-        .collect();
-    inputs_hash(plan, base, epoch, secrets, &overlay_dirs)
-}
-
 /// Everything a node's tree depends on, hashed: rebuilding after a change
-/// touches only the nodes whose inputs changed. Secrets enter as a hash.
+/// touches only the nodes whose inputs changed. `shared` is what all nodes
+/// share ([`shared_inputs`]); secrets enter as a hash.
 fn inputs_hash(
+    shared: &str,
     plan: &NodePlan,
     base: &BaseTree,
     epoch: i64,
     secrets: &Secrets,
-    overlay_dirs: &[PathBuf],
 ) -> Result<String> {
     let mut h = Sha256::new();
-    h.update(env!("CARGO_PKG_VERSION"));
+    h.update(shared.as_bytes());
     h.update(base.digest.as_bytes());
     h.update(epoch.to_le_bytes());
     h.update(serde_json::to_vec(plan)?);
@@ -74,29 +62,66 @@ fn inputs_hash(
     if let Ok(k) = secrets.host_key(&plan.name) {
         h.update(k.private.as_bytes());
     }
-    for dir in overlay_dirs {
-        if !dir.exists() {
-            continue;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The inputs every node of the profile shares, hashed once per build:
+/// chbuild itself (its version, the running executable and the overlays
+/// it renders), the profile's overlay directory, the `[tree] link`
+/// setting and the k3s air-gap bundle's files.
+pub fn shared_inputs(profile: &Profile, overlays: &Overlays) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(env!("CARGO_PKG_VERSION"));
+    h.update(build_id()?.as_bytes());
+    h.update(overlays.digest()?.as_bytes());
+    if let Some(dir) = &profile.overlay_dir {
+        if dir.exists() {
+            h.update(b"profile overlay");
+            crate::overlay::hash_dir(&mut h, dir)?;
         }
-        for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
-            let e = e.with_context(|| format!("walking {}", dir.display()))?;
-            h.update(e.path().to_string_lossy().as_bytes());
-            if e.file_type().is_file() {
-                h.update(
-                    std::fs::read(e.path())
-                        .with_context(|| format!("reading {}", e.path().display()))?,
-                );
-            }
-        }
+    }
+    h.update(b"link");
+    for d in &profile.link_dirs {
+        h.update(d.as_bytes());
+        h.update([0]);
+    }
+    if let Some(dir) = &profile.features.k3s_airgap_dir {
+        h.update(b"k3s bundle");
+        h.update(airgap_digest(dir)?.as_bytes());
     }
     Ok(hex::encode(h.finalize()))
 }
 
-/// The overlays directory shipped with chbuild: the first `overlays/`
-/// found walking up from the profile's directory (`profiles/` sits next to
-/// it in a checkout), else the one chbuild was built from.
-pub fn overlays_dir(profile: &Profile) -> PathBuf {
-    shipped(profile, "overlays")
+/// Hash of the running chbuild executable: a chbuild built from newer code
+/// with the same version number rebuilds what an older one built.
+fn build_id() -> Result<String> {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(id) = ID.get() {
+        return Ok(id.clone());
+    }
+    let exe = std::env::current_exe().context("finding the running chbuild")?;
+    let mut f = std::fs::File::open(&exe).with_context(|| format!("opening {}", exe.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", exe.display()))?;
+    Ok(ID.get_or_init(|| hex::encode(h.finalize())).clone())
+}
+
+/// Hash of the air-gap bundle's files (large: hashed once per process).
+fn airgap_digest(dir: &Path) -> Result<String> {
+    static CACHE: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(vec![]);
+    let mut cache = CACHE
+        .lock()
+        .expect("the bundle hash cache is never poisoned");
+    if let Some((_, d)) = cache.iter().find(|(p, _)| p == dir) {
+        return Ok(d.clone());
+    }
+    let mut h = Sha256::new();
+    if dir.exists() {
+        crate::overlay::hash_dir(&mut h, dir)?;
+    }
+    let d = hex::encode(h.finalize());
+    cache.push((dir.to_path_buf(), d.clone()));
+    Ok(d)
 }
 
 /// Compose one node's tree at `dest` (a temporary path) and bake every
@@ -114,12 +139,13 @@ pub fn build_tree(
     crate::tree::remove_tree(dest)?;
     let stats = crate::tree::compose(&base.root, dest, &profile.link_dirs)
         .with_context(|| format!("composing the tree of {}", plan.name))?;
-    let overlays = overlays_dir(profile);
+    let overlays = Overlays::builtin()?;
     let ctx = crate::roles::RoleCtx {
         profile,
         plan,
         secrets,
-        overlays_dir: &overlays,
+        overlays: &overlays,
+        epoch,
     };
     crate::roles::apply_roles(&ctx, dest)
         .with_context(|| format!("baking roles into {}", plan.name))?;
@@ -177,13 +203,14 @@ pub fn image(
     // Decide first which nodes need work, then build those in parallel:
     // composing is mostly file-system metadata calls, which overlap well.
     let want_tar = format == Format::TarZst;
+    let shared = shared_inputs(profile, &Overlays::builtin()?)?;
     let mut todo: Vec<(NodePlan, String)> = vec![];
     for name in nodes {
         let node = profile.node(name).expect("selection returns known nodes");
         let plan = profile.plan(node);
         let inputs = format!(
             "{}{}",
-            node_inputs(profile, &plan, &base, epoch, &secrets)?,
+            inputs_hash(&shared, &plan, &base, epoch, &secrets)?,
             if public.is_some() { "-public" } else { "" }
         );
         if let Some(prev) = manifest.nodes.iter().find(|n| &n.name == name) {
@@ -458,7 +485,13 @@ pub fn sd_image(
         .with_context(|| format!("reading {}", layout_path.display()))?;
     let inputs = format!(
         "{}-{}",
-        node_inputs(profile, &plan, &base, epoch, &secrets)?,
+        inputs_hash(
+            &shared_inputs(profile, &Overlays::builtin()?)?,
+            &plan,
+            &base,
+            epoch,
+            &secrets
+        )?,
         hex::encode(Sha256::digest(&layout_text))
     );
     let stamp = sd_stamp(image_path);
@@ -589,4 +622,51 @@ pub fn release(
         files,
         secrets_bundle: secrets_bundle.map(Path::to_path_buf),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_build_key_changes_with_templates_link_setting_and_k3s_bundle() {
+        let t = tempfile::tempdir().unwrap();
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/clusterhat.toml");
+        let text = include_str!("../profiles/clusterhat.toml");
+        let mut profile = crate::profile::parse_profile(text, &file).unwrap();
+        let ov = t.path().join("overlays");
+        let tmpl = ov.join("roles/slurm/etc/slurm/cgroup.conf");
+        std::fs::create_dir_all(tmpl.parent().unwrap()).unwrap();
+        std::fs::write(&tmpl, "ConstrainCores=yes\n").unwrap();
+        let overlays = Overlays::Dir(ov.clone());
+        let key = |p: &Profile| shared_inputs(p, &overlays).unwrap();
+
+        let first = key(&profile);
+        assert_eq!(first, key(&profile), "the key is stable");
+        std::fs::write(&tmpl, "ConstrainCores=no\n").unwrap();
+        let edited = key(&profile);
+        assert_ne!(edited, first, "a template's content");
+
+        profile.link_dirs.push("srv".into());
+        let linked = key(&profile);
+        assert_ne!(linked, edited, "the [tree] link setting");
+
+        // The bundle's hash is cached per path in one process: each state
+        // gets its own directory.
+        let bundle = |name: &str, binary: &str| {
+            let d = t.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("k3s"), binary).unwrap();
+            std::fs::write(d.join("k3s-airgap-images-arm64.tar.zst"), "images").unwrap();
+            d
+        };
+        profile.features.k3s_airgap_dir = Some(bundle("a", "k3s v1"));
+        let with_a = key(&profile);
+        assert_ne!(with_a, linked, "an air-gap bundle");
+        profile.features.k3s_airgap_dir = Some(bundle("b", "k3s v2"));
+        assert_ne!(key(&profile), with_a, "the bundle's contents");
+
+        let embedded = shared_inputs(&profile, &Overlays::Embedded).unwrap();
+        assert_ne!(embedded, key(&profile), "where the templates come from");
+    }
 }

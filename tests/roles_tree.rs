@@ -20,6 +20,10 @@ struct Fixture {
 /// where it is a hardlink to the base's file.
 const SHARED_FILE: &str = "usr/share/base-files/motd";
 
+/// The profile overlay's own cgroup.conf, over the slurm role's.
+const SITE_CGROUP: &str =
+    "# site {{ roles.slurm.cluster_name }} {{ roles.slurm.partitions[0].name }}\nConstrainCores=yes\n";
+
 fn fixture() -> Option<&'static Fixture> {
     static F: OnceLock<Option<Fixture>> = OnceLock::new();
     F.get_or_init(|| {
@@ -37,6 +41,9 @@ fn fixture() -> Option<&'static Fixture> {
             )
             .unwrap();
             std::fs::write(ov.join(SHARED_FILE), "node motd\n").unwrap();
+            // A role file replaced by its path, reading the role's values.
+            std::fs::create_dir_all(ov.join("etc/slurm")).unwrap();
+            std::fs::write(ov.join("etc/slurm/cgroup.conf.j2"), SITE_CGROUP).unwrap();
             std::fs::write(
                 ov.join("_meta.toml"),
                 "[files.\"etc/cluster-note\"]\nmode = \"0640\"\ngroup = \"{{ user.name }}\"\n",
@@ -484,6 +491,22 @@ fn overlays_render_with_declared_owner_and_mode() {
         "{motd}"
     );
     assert!(motd.contains("partition zero"), "{motd}");
+}
+
+#[test]
+fn a_user_layer_overrides_a_role_file_by_path() {
+    let f = fixture_or_skip!();
+    let b = &f.built;
+    assert_eq!(
+        b.read("z1", "etc/slurm/cgroup.conf"),
+        "# site clusterhat zero\nConstrainCores=yes\n"
+    );
+    let m = b.meta("z1", "etc/slurm/cgroup.conf");
+    assert_eq!((mode(&m), m.uid(), m.gid()), (0o644, 0, 0));
+    // The role's other file is still the role's.
+    assert!(b
+        .read("z1", "etc/slurm/slurm.conf")
+        .starts_with("# Written by chbuild"));
 }
 
 /// A base without a munge user and without a boot directory: the key is

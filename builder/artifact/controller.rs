@@ -66,7 +66,7 @@ fn epoch(profile: &Profile) -> Result<i64> {
 pub fn image(profile: &Profile, out: &Path, format: Format) -> Result<ControllerImageReport> {
     let secrets = Secrets::load(profile)?;
     let plan = profile.controller_plan();
-    let overlays = crate::pipeline::overlays_dir(profile);
+    let overlays = crate::overlay::Overlays::builtin()?;
     let files = owned_files(profile, &plan, &secrets, &overlays)?;
     let epoch = epoch(profile)?;
     create_dir_private(out)?;
@@ -91,7 +91,7 @@ pub fn image(profile: &Profile, out: &Path, format: Format) -> Result<Controller
 
     // For the admin's machine: SSH to every node, the Zeros through the
     // controller, and the cluster's host keys.
-    let ssh_config = crate::roles::controller::lan_ssh_config(&plan, &overlays)?;
+    let ssh_config = crate::roles::controller::lan_ssh_config(profile, &plan, &secrets, &overlays)?;
     super::write_atomic(&out.join("ssh_config"), ssh_config.as_bytes())?;
     super::write_atomic(
         &out.join("known_hosts"),

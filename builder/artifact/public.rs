@@ -158,8 +158,12 @@ pub fn write_bundle(path: &Path, files: &[SecretFile], epoch: i64) -> Result<()>
     fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
 }
 
-/// The secret files of one node in a bundle.
-pub fn read_bundle(path: &Path, node: &str) -> Result<Vec<SecretFile>> {
+/// The secret files of one node in a bundle. An entry for that node that
+/// is not one of the known secret files is refused: a bundle must not be
+/// a way to write anything else into a tree.
+pub fn read_bundle(path: &Path, plan: &NodePlan) -> Result<Vec<SecretFile>> {
+    let node = plan.name.as_str();
+    let allowed = secret_paths(plan);
     let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut ar = tar::Archive::new(zstd::Decoder::new(f)?);
     let mut out = vec![];
@@ -172,11 +176,11 @@ pub fn read_bundle(path: &Path, node: &str) -> Result<Vec<SecretFile>> {
         let Some(rel) = name.strip_prefix(&format!("{node}/")) else {
             continue;
         };
-        // Only the known secret files, never a path that could climb out.
-        if rel.split('/').any(|c| c == ".." || c.is_empty()) {
+        if !allowed.iter().any(|a| a == rel) {
             anyhow::bail!(
-                "{}: entry {name} is not a plain relative path",
-                path.display()
+                "{}: entry {name} is not one of {node}'s secret files ({})",
+                path.display(),
+                allowed.join(", ")
             );
         }
         let mut data = vec![];
@@ -211,9 +215,53 @@ pub fn apply_secrets(tree: &Path, files: &[SecretFile]) -> Result<Vec<PathBuf>> 
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn plan(node: &str) -> NodePlan {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/clusterhat.toml");
+        let text = include_str!("../../profiles/clusterhat.toml");
+        let profile = crate::profile::parse_profile(text, &file).unwrap();
+        profile.plan(profile.node(node).unwrap())
+    }
+
+    fn secret(node: &str, path: &str) -> SecretFile {
+        SecretFile {
+            node: node.into(),
+            path: path.into(),
+            data: b"x\n".to_vec(),
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    #[test]
+    fn a_bundle_may_only_hold_the_known_secret_files() {
+        let t = tempfile::tempdir().unwrap();
+        let good = t.path().join("good.tar.zst");
+        let files = [
+            secret("p5", "etc/rancher/k3s/config.yaml"),
+            secret("p5", "boot/firmware/userconf.txt"),
+            secret("z1", "etc/munge/munge.key"),
+        ];
+        write_bundle(&good, &files, 0).unwrap();
+        let read = read_bundle(&good, &plan("p5")).unwrap();
+        assert_eq!(read.len(), 2);
+
+        let bad = t.path().join("bad.tar.zst");
+        let files = [
+            secret("p5", "etc/munge/munge.key"),
+            secret("p5", "etc/cron.d/chbuild"),
+        ];
+        write_bundle(&bad, &files, 0).unwrap();
+        let e = format!("{:#}", read_bundle(&bad, &plan("p5")).unwrap_err());
+        assert!(e.contains("p5/etc/cron.d/chbuild"), "{e}");
+        assert!(e.contains("bad.tar.zst"), "{e}");
+    }
+
     #[test]
     fn lock_user_locks_only_that_user() {
-        let s = super::lock_user("root:*:1::::::\npi:$6$x$y:19000:0:99999:7:::\n", "pi");
+        let s = lock_user("root:*:1::::::\npi:$6$x$y:19000:0:99999:7:::\n", "pi");
         assert_eq!(s, "root:*:1::::::\npi:!:19000:0:99999:7:::\n");
     }
 }

@@ -46,7 +46,7 @@ pub fn deploy(cli: &Cli, p: &Profile, args: &DeployArgs) -> Result<()> {
         prefixed: prefixed(&args.root),
         dry_run: args.dry_run,
         diff: args.diff,
-        overlays_dir: crate::pipeline::overlays_dir(p),
+        overlays: crate::overlay::Overlays::builtin()?,
     };
     let report = crate::deploy::controller::deploy(p, &opts)?;
     if cli.global.json {

@@ -34,7 +34,7 @@ pub struct Options {
     pub prefixed: bool,
     pub dry_run: bool,
     pub diff: bool,
-    pub overlays_dir: PathBuf,
+    pub overlays: crate::overlay::Overlays,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -152,7 +152,7 @@ pub fn deploy(profile: &Profile, opts: &Options) -> Result<Report> {
     check_clusterctrl(opts)?;
     let secrets = Secrets::load(profile)?;
     let plan = profile.controller_plan();
-    let files = owned_files(profile, &plan, &secrets, &opts.overlays_dir)?;
+    let files = owned_files(profile, &plan, &secrets, &opts.overlays)?;
     if !opts.root.is_dir() {
         bail!("{} is not a directory", opts.root.display());
     }

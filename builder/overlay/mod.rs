@@ -1,25 +1,33 @@
-//! Overlays: admin-supplied files and templates laid over a node tree.
+//! Overlays: files and templates laid over a node tree, role files and
+//! admin files alike.
 //!
-//! The overlays directory (`overlays/` beside `profiles/`, found at run time
-//! as `profile.dir().join("../overlays")`) holds one folder per layer:
+//! The built-in overlays (the repository's `overlays/`, embedded into the
+//! binary at build time; `CHBUILD_OVERLAYS=DIR` replaces them with a
+//! directory) hold one folder per layer: `roles/<role>/` (the files the
+//! roles write, applied when the role's code says the role applies),
 //! `common/`, `kind/<usbboot|sd>/`, `group/<g>/`, `feature/<f>/`,
 //! `host/<node>/`; the profile's own `overlay_dir` comes last. A layer
 //! mirrors the root file system (`common/etc/motd` becomes `/etc/motd`).
 //! Files ending in `.j2` are minijinja templates (strict: an undefined
 //! variable is an error), rendered with the node's `NodePlan` plus
-//! `chbuild_version` and `source_date_epoch`; the suffix is dropped.
-//! When two layers carry the same path the later one wins, so precedence
-//! is base < roles < common < kind < group < feature < host < profile.
+//! `chbuild_version`, `source_date_epoch`, `roles.<role>` (values the
+//! role code computed) and `secrets.*`; the suffix is dropped. A path may
+//! itself hold template syntax (`{{ boot_dir }}/ssh`). When two layers
+//! carry the same path the later one wins, so precedence is base < roles
+//! < common < kind < group < feature < host < profile.
 //!
 //! Owners and modes are declared, never copied from the overlay files: each
 //! layer may hold a `_meta.toml` (see [`Meta`]); undeclared files are
-//! 0644 root:root, undeclared new directories 0755 root:root.
+//! 0644 root:root, undeclared new directories 0755 root:root. A template
+//! that reads `secrets.*` must be declared with a mode that neither group
+//! nor others can read, or the build fails naming the template.
 
 pub mod write;
 
 use crate::profile::plan::NodePlan;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use walkdir::WalkDir;
@@ -48,7 +56,7 @@ pub const META_FILE: &str = "_meta.toml";
 /// [dirs."srv/scratch"]
 /// mode = "1777"
 /// ```
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Meta {
     #[serde(default)]
@@ -59,7 +67,7 @@ pub struct Meta {
     pub dirs: BTreeMap<String, Attr>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     #[serde(default = "default_file_mode")]
@@ -102,43 +110,219 @@ pub struct Attr {
     pub group: Option<String>,
 }
 
-/// One overlay layer that exists on disk.
-#[derive(Debug, Clone)]
-pub struct Layer {
-    /// `common`, `group/zerocluster`, ..., or `profile`.
-    pub name: String,
-    pub dir: PathBuf,
+/// The overlays compiled into chbuild: `ENTRIES` lists every directory
+/// (`None`) and file of the repository's `overlays/`, sorted by path.
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/overlays.rs"));
 }
 
-/// The layers of a node, lowest precedence first, keeping only those that
-/// exist.
-pub fn layers(plan: &NodePlan, overlays_dir: &Path, profile_overlay: Option<&Path>) -> Vec<Layer> {
-    plan.overlays
-        .iter()
-        .map(|name| Layer {
-            name: name.clone(),
-            dir: overlays_dir.join(name),
-        })
-        .chain(profile_overlay.map(|d| Layer {
-            name: "profile".into(),
-            dir: d.to_path_buf(),
-        }))
-        .filter(|l| l.dir.is_dir())
-        .collect()
+/// Environment variable naming a directory that replaces the built-in
+/// overlays (for trying a template change without rebuilding chbuild).
+pub const OVERRIDE_ENV: &str = "CHBUILD_OVERLAYS";
+
+/// Where the built-in layers come from.
+#[derive(Debug, Clone)]
+pub enum Overlays {
+    /// The copy embedded in the binary.
+    Embedded,
+    /// A directory with the same layout as `overlays/`.
+    Dir(PathBuf),
+}
+
+impl Overlays {
+    /// The embedded overlays, or the directory `CHBUILD_OVERLAYS` names.
+    pub fn builtin() -> Result<Overlays> {
+        match std::env::var_os(OVERRIDE_ENV) {
+            Some(d) if !d.is_empty() => {
+                let d = PathBuf::from(d);
+                if !d.is_dir() {
+                    bail!("{OVERRIDE_ENV}={}: not a directory", d.display());
+                }
+                Ok(Overlays::Dir(d))
+            }
+            _ => Ok(Overlays::Embedded),
+        }
+    }
+
+    /// One layer (`roles/slurm`, `common`, `host/z1`...), if present.
+    pub fn layer(&self, name: &str) -> Result<Option<Layer>> {
+        match self {
+            Overlays::Embedded => Layer::embedded(name),
+            Overlays::Dir(d) => Layer::from_dir(name, &d.join(name)),
+        }
+    }
+
+    /// Hash of every path and file content, for the incremental-build key.
+    pub fn digest(&self) -> Result<String> {
+        let mut h = Sha256::new();
+        match self {
+            Overlays::Embedded => {
+                for (rel, data) in embedded::ENTRIES {
+                    h.update(rel.as_bytes());
+                    h.update([0]);
+                    if let Some(d) = data {
+                        h.update((d.len() as u64).to_le_bytes());
+                        h.update(d);
+                    }
+                }
+            }
+            Overlays::Dir(d) => hash_dir(&mut h, d)?,
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
+/// Feed every path and file content under `dir` (sorted) into `h`.
+pub fn hash_dir(h: &mut Sha256, dir: &Path) -> Result<()> {
+    for e in WalkDir::new(dir).sort_by_file_name().min_depth(1) {
+        let e = e.with_context(|| format!("walking {}", dir.display()))?;
+        let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        if e.file_type().is_file() {
+            let data = std::fs::read(e.path())
+                .with_context(|| format!("reading {}", e.path().display()))?;
+            h.update((data.len() as u64).to_le_bytes());
+            h.update(&data);
+        }
+    }
+    Ok(())
+}
+
+/// One overlay layer, read into memory: its files (tree path as written in
+/// the layer, `.j2` kept), its directories and its declarations.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// `roles/slurm`, `common`, `group/zerocluster`, ..., or `profile`.
+    pub name: String,
+    /// Where the layer is, for messages (`built-in overlays/common`, a path).
+    pub origin: String,
+    meta: Meta,
+    files: Vec<(String, Vec<u8>)>,
+    dirs: Vec<String>,
+}
+
+impl Layer {
+    /// The layer in directory `dir`; `None` when there is no such directory.
+    pub fn from_dir(name: &str, dir: &Path) -> Result<Option<Layer>> {
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let mut layer = Layer {
+            name: name.to_string(),
+            origin: dir.display().to_string(),
+            meta: Meta::default(),
+            files: vec![],
+            dirs: vec![],
+        };
+        for e in WalkDir::new(dir)
+            .follow_links(false)
+            .sort_by_file_name()
+            .min_depth(1)
+        {
+            let e = e.with_context(|| format!("walking {}", dir.display()))?;
+            let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy();
+            let ft = e.file_type();
+            if ft.is_dir() {
+                layer.dirs.push(rel.into_owned());
+            } else if ft.is_file() {
+                let data = std::fs::read(e.path())
+                    .with_context(|| format!("reading {}", e.path().display()))?;
+                layer.add_file(rel.into_owned(), data)?;
+            } else {
+                bail!(
+                    "{}: only files and directories are supported in overlays",
+                    e.path().display()
+                );
+            }
+        }
+        Ok(Some(layer))
+    }
+
+    /// The layer of the embedded overlays; `None` when it has no such layer.
+    fn embedded(name: &str) -> Result<Option<Layer>> {
+        if !embedded::ENTRIES
+            .iter()
+            .any(|(p, d)| *p == name && d.is_none())
+        {
+            return Ok(None);
+        }
+        let prefix = format!("{name}/");
+        let mut layer = Layer {
+            name: name.to_string(),
+            origin: format!("built-in overlays/{name}"),
+            meta: Meta::default(),
+            files: vec![],
+            dirs: vec![],
+        };
+        for (path, data) in embedded::ENTRIES {
+            let Some(rel) = path.strip_prefix(&prefix) else {
+                continue;
+            };
+            match data {
+                None => layer.dirs.push(rel.to_string()),
+                Some(d) => layer.add_file(rel.to_string(), d.to_vec())?,
+            }
+        }
+        Ok(Some(layer))
+    }
+
+    fn add_file(&mut self, rel: String, data: Vec<u8>) -> Result<()> {
+        if rel == META_FILE {
+            let text = String::from_utf8(data)
+                .with_context(|| format!("{}/{META_FILE} is not UTF-8", self.origin))?;
+            self.meta = toml::from_str(&text)
+                .with_context(|| format!("parsing {}/{META_FILE}", self.origin))?;
+        } else {
+            self.files.push((rel, data));
+        }
+        Ok(())
+    }
+
+    fn what(&self, rel: &str) -> String {
+        format!("overlay {}: {rel}", self.name)
+    }
+}
+
+/// The layers of a node after its role layers, lowest precedence first,
+/// keeping only those that exist: the plan's (`common`, `kind/...`,
+/// `group/...`, `feature/...`, `host/...`) from the built-in overlays,
+/// then the profile's `overlay_dir`.
+pub fn layers(
+    plan: &NodePlan,
+    overlays: &Overlays,
+    profile_overlay: Option<&Path>,
+) -> Result<Vec<Layer>> {
+    let mut out = vec![];
+    for name in &plan.overlays {
+        out.extend(overlays.layer(name)?);
+    }
+    if let Some(d) = profile_overlay {
+        out.extend(Layer::from_dir("profile", d)?);
+    }
+    Ok(out)
 }
 
 /// Variables templates see: every `NodePlan` field at the top level plus
-/// `chbuild_version` and `source_date_epoch` (none when unset).
-pub fn template_context(plan: &NodePlan) -> Result<serde_json::Value> {
+/// `chbuild_version`, `source_date_epoch` (the build's, whether it came
+/// from `SOURCE_DATE_EPOCH` or from the base), `secrets` (an object of
+/// secret strings) and `roles` (an empty object the role code fills).
+pub fn template_context(
+    plan: &NodePlan,
+    epoch: Option<i64>,
+    secrets: serde_json::Value,
+) -> Result<serde_json::Value> {
     let mut v = serde_json::to_value(plan).context("serializing the node plan")?;
     let obj = v.as_object_mut().context("the node plan is not a map")?;
     obj.insert("chbuild_version".into(), env!("CARGO_PKG_VERSION").into());
-    let epoch = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok());
     obj.insert("source_date_epoch".into(), epoch.into());
+    obj.insert(SECRETS_NAMESPACE.into(), secrets);
+    obj.insert("roles".into(), serde_json::json!({}));
     Ok(v)
 }
+
+/// The only name under which templates see secrets.
+pub const SECRETS_NAMESPACE: &str = "secrets";
 
 fn environment() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
@@ -157,7 +341,20 @@ pub fn render(name: &str, source: &str, ctx: &serde_json::Value) -> Result<Strin
         .map_err(|e| anyhow::anyhow!("rendering template {name}: {e:#}"))
 }
 
-pub(crate) fn parse_mode(s: &str, what: &str) -> Result<u32> {
+/// Whether a template reads anything under `secrets`.
+fn reads_secrets(name: &str, source: &str) -> Result<bool> {
+    let mut env = environment();
+    env.add_template_owned(name.to_string(), source.to_string())
+        .with_context(|| format!("parsing template {name}"))?;
+    let t = env.get_template(name)?;
+    Ok(t.undeclared_variables(true).iter().any(|v| {
+        v == SECRETS_NAMESPACE
+            || v.strip_prefix(SECRETS_NAMESPACE)
+                .is_some_and(|r| r.starts_with('.'))
+    }))
+}
+
+fn parse_mode(s: &str, what: &str) -> Result<u32> {
     let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .with_context(|| format!("{what}: mode `{s}` is not octal such as \"0644\""))?;
     if m > 0o7777 {
@@ -166,141 +363,185 @@ pub(crate) fn parse_mode(s: &str, what: &str) -> Result<u32> {
     Ok(m)
 }
 
-struct Entry {
-    layer: String,
-    src: PathBuf,
+/// A tree path from a layer path that may hold template syntax: rendered,
+/// then checked to stay a plain relative path.
+fn tree_path(raw: &str, what: &str, ctx: &serde_json::Value) -> Result<String> {
+    if !raw.contains("{{") && !raw.contains("{%") {
+        return Ok(raw.to_string());
+    }
+    let p = minijinja::Environment::new()
+        .render_str(raw, ctx)
+        .map_err(|e| anyhow::anyhow!("{what}: rendering the path: {e:#}"))?;
+    let p = p.trim_matches('/').to_string();
+    if p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        bail!("{what}: the path renders to `{p}`, not a plain relative path");
+    }
+    Ok(p)
+}
+
+struct Entry<'a> {
+    layer: &'a Layer,
+    raw: String,
+    data: &'a [u8],
     template: bool,
     mode: u32,
     owner: String,
     group: String,
 }
 
-fn load_meta(layer: &Layer) -> Result<Meta> {
-    let p = layer.dir.join(META_FILE);
-    if !p.exists() {
-        return Ok(Meta::default());
-    }
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+/// One file or directory of the layers, rendered: its tree path, content
+/// (none for a directory), mode, and owner and group as names.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub path: PathBuf,
+    pub content: Option<Vec<u8>>,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    /// `overlay <layer>: <path>`, for messages.
+    pub what: String,
 }
 
-/// Lay the layers over the tree. Returns nothing: the writer records paths.
-pub fn apply_overlays(w: &mut TreeWriter, plan: &NodePlan, layers: &[Layer]) -> Result<()> {
-    let ctx = template_context(plan)?;
+/// Lay the layers over the tree, later layers winning by tree path.
+/// Directories are created when missing, never changed. Returns nothing:
+/// the writer records paths.
+pub fn apply_layers(w: &mut TreeWriter, ctx: &serde_json::Value, layers: &[Layer]) -> Result<()> {
+    let rendered = render_layers(ctx, layers)?;
+    // Owners are names in the tree, read after the roles created users.
+    let accounts = Accounts::load(w)?;
+    for r in &rendered {
+        let owner = accounts
+            .owner(&r.owner, &r.group)
+            .with_context(|| r.what.clone())?;
+        match &r.content {
+            None if w.exists(&r.path) => {}
+            None => w.mkdir(&r.path, r.mode, owner)?,
+            Some(data) => w.write(&r.path, data, r.mode, owner)?,
+        }
+    }
+    Ok(())
+}
+
+/// Render the layers without writing anything: directories first, then
+/// files, each sorted by tree path, later layers winning by path.
+pub fn render_layers(ctx: &serde_json::Value, layers: &[Layer]) -> Result<Vec<Rendered>> {
     let env = environment();
     let attr_text = |s: &str, what: &str| -> Result<String> {
-        env.render_str(s, &ctx)
+        env.render_str(s, ctx)
             .map_err(|e| anyhow::anyhow!("{what}: rendering `{s}`: {e:#}"))
     };
     let mut files: BTreeMap<PathBuf, Entry> = BTreeMap::new();
     let mut dirs: BTreeMap<PathBuf, Entry> = BTreeMap::new();
     for layer in layers {
-        let meta = load_meta(layer)?;
-        let what = |p: &str| format!("overlay {}: {p}", layer.name);
-        let mut seen_files = Vec::new();
-        let mut seen_dirs = Vec::new();
-        for e in WalkDir::new(&layer.dir)
-            .follow_links(false)
-            .sort_by_file_name()
-            .min_depth(1)
-        {
-            let e = e.with_context(|| format!("walking {}", layer.dir.display()))?;
-            let rel = e.path().strip_prefix(&layer.dir).unwrap().to_path_buf();
-            let ft = e.file_type();
-            if rel == Path::new(META_FILE) {
-                continue;
+        let meta = &layer.meta;
+        for raw in &layer.dirs {
+            let attr = meta.dirs.get(raw).cloned().unwrap_or_default();
+            let what = layer.what(raw);
+            dirs.insert(
+                PathBuf::from(tree_path(raw, &what, ctx)?),
+                Entry {
+                    layer,
+                    raw: raw.clone(),
+                    data: &[],
+                    template: false,
+                    mode: parse_mode(
+                        attr.mode.as_deref().unwrap_or(&meta.defaults.dir_mode),
+                        &what,
+                    )?,
+                    owner: attr.owner.unwrap_or(meta.defaults.owner.clone()),
+                    group: attr.group.unwrap_or(meta.defaults.group.clone()),
+                },
+            );
+        }
+        for (rel, data) in &layer.files {
+            let (raw, template) = match rel.strip_suffix(".j2") {
+                Some(t) => (t.to_string(), true),
+                None => (rel.clone(), false),
+            };
+            let what = layer.what(&raw);
+            let attr = meta.files.get(&raw).cloned().unwrap_or_default();
+            let mode = parse_mode(
+                attr.mode.as_deref().unwrap_or(&meta.defaults.file_mode),
+                &what,
+            )?;
+            if template {
+                let src = std::str::from_utf8(data)
+                    .with_context(|| format!("{}/{rel} is not UTF-8", layer.origin))?;
+                if reads_secrets(rel, src)? && (attr.mode.is_none() || mode & 0o044 != 0) {
+                    bail!(
+                        "{}/{rel} reads `{SECRETS_NAMESPACE}.*`: declare it in {}/{META_FILE} \
+                         with a mode no group or other user can read, such as \
+                         [files.\"{raw}\"] mode = \"0600\"",
+                        layer.origin,
+                        layer.origin
+                    );
+                }
             }
-            let rel_s = rel.to_string_lossy().into_owned();
-            if ft.is_dir() {
-                let attr = meta.dirs.get(&rel_s).cloned().unwrap_or_default();
-                seen_dirs.push(rel_s.clone());
-                dirs.insert(
-                    rel.clone(),
-                    Entry {
-                        layer: layer.name.clone(),
-                        src: e.path().to_path_buf(),
-                        template: false,
-                        mode: parse_mode(
-                            attr.mode.as_deref().unwrap_or(&meta.defaults.dir_mode),
-                            &what(&rel_s),
-                        )?,
-                        owner: attr.owner.unwrap_or(meta.defaults.owner.clone()),
-                        group: attr.group.unwrap_or(meta.defaults.group.clone()),
-                    },
-                );
-            } else if ft.is_file() {
-                let (target, template) = match rel_s.strip_suffix(".j2") {
-                    Some(t) => (t.to_string(), true),
-                    None => (rel_s.clone(), false),
-                };
-                let attr = meta.files.get(&target).cloned().unwrap_or_default();
-                seen_files.push(target.clone());
-                files.insert(
-                    PathBuf::from(&target),
-                    Entry {
-                        layer: layer.name.clone(),
-                        src: e.path().to_path_buf(),
-                        template,
-                        mode: parse_mode(
-                            attr.mode.as_deref().unwrap_or(&meta.defaults.file_mode),
-                            &what(&target),
-                        )?,
-                        owner: attr.owner.unwrap_or(meta.defaults.owner.clone()),
-                        group: attr.group.unwrap_or(meta.defaults.group.clone()),
-                    },
-                );
-            } else {
-                bail!(
-                    "{}: only files and directories are supported in overlays",
-                    e.path().display()
-                );
-            }
+            files.insert(
+                PathBuf::from(tree_path(&raw, &what, ctx)?),
+                Entry {
+                    layer,
+                    raw,
+                    data,
+                    template,
+                    mode,
+                    owner: attr.owner.unwrap_or(meta.defaults.owner.clone()),
+                    group: attr.group.unwrap_or(meta.defaults.group.clone()),
+                },
+            );
         }
         // A declaration for a path the layer does not carry is a typo.
         for k in meta.files.keys() {
-            if !seen_files.contains(k) {
+            if !layer
+                .files
+                .iter()
+                .any(|(f, _)| f == k || f.strip_suffix(".j2") == Some(k))
+            {
                 bail!(
-                    "{}: declares file `{k}` which the layer does not contain",
-                    layer.dir.join(META_FILE).display()
+                    "{}/{META_FILE}: declares file `{k}` which the layer does not contain",
+                    layer.origin
                 );
             }
         }
         for k in meta.dirs.keys() {
-            if !seen_dirs.contains(k) {
+            if !layer.dirs.contains(k) {
                 bail!(
-                    "{}: declares directory `{k}` which the layer does not contain",
-                    layer.dir.join(META_FILE).display()
+                    "{}/{META_FILE}: declares directory `{k}` which the layer does not contain",
+                    layer.origin
                 );
             }
         }
     }
-    // Owners are names in the tree, read after the roles created users.
-    let accounts = Accounts::load(w)?;
+    let mut out = Vec::new();
     for (rel, e) in &dirs {
-        let what = format!("overlay {}: {}", e.layer, rel.display());
-        let owner = accounts
-            .owner(&attr_text(&e.owner, &what)?, &attr_text(&e.group, &what)?)
-            .with_context(|| what.clone())?;
-        if !w.exists(rel) {
-            w.mkdir(rel, e.mode, owner)?;
-        }
+        let what = e.layer.what(&e.raw);
+        out.push(Rendered {
+            path: rel.clone(),
+            content: None,
+            mode: e.mode,
+            owner: attr_text(&e.owner, &what)?,
+            group: attr_text(&e.group, &what)?,
+            what,
+        });
     }
     for (rel, e) in &files {
-        let what = format!("overlay {}: {}", e.layer, rel.display());
-        let owner = accounts
-            .owner(&attr_text(&e.owner, &what)?, &attr_text(&e.group, &what)?)
-            .with_context(|| what.clone())?;
-        let data = std::fs::read(&e.src).with_context(|| format!("reading {}", e.src.display()))?;
+        let what = e.layer.what(&e.raw);
         let data = if e.template {
-            let src = String::from_utf8(data)
-                .with_context(|| format!("{} is not UTF-8", e.src.display()))?;
-            render(&format!("{}/{}.j2", e.layer, rel.display()), &src, &ctx)?.into_bytes()
+            let src = std::str::from_utf8(e.data).expect("checked above");
+            render(&format!("{}/{}.j2", e.layer.name, e.raw), src, ctx)?.into_bytes()
         } else {
-            data
+            e.data.to_vec()
         };
-        w.write(rel, &data, e.mode, owner)?;
+        out.push(Rendered {
+            path: rel.clone(),
+            content: Some(data),
+            mode: e.mode,
+            owner: attr_text(&e.owner, &what)?,
+            group: attr_text(&e.group, &what)?,
+            what,
+        });
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -313,6 +554,110 @@ mod tests {
         assert_eq!(render("t", "{{ hostname }}\n", &ctx).unwrap(), "z1\n");
         let e = render("t", "{{ nope }}", &ctx).unwrap_err();
         assert!(format!("{e:#}").contains("undefined"), "{e:#}");
+    }
+
+    /// A layer in a scratch directory from (path, content) pairs.
+    fn layer(dir: &Path, name: &str, files: &[(&str, &str)]) -> Layer {
+        let d = dir.join(name);
+        for (p, text) in files {
+            std::fs::create_dir_all(d.join(p).parent().unwrap()).unwrap();
+            std::fs::write(d.join(p), text).unwrap();
+        }
+        Layer::from_dir(name, &d).unwrap().unwrap()
+    }
+
+    fn vars() -> serde_json::Value {
+        serde_json::json!({
+            "hostname": "z1",
+            "boot_dir": "boot/firmware",
+            "secrets": {"k3s_token": "t0ken"},
+            "roles": {"k3s": {"role": "agent"}},
+        })
+    }
+
+    #[test]
+    fn a_template_reading_secrets_must_be_private() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        let mut w = TreeWriter::new(&tree).unwrap();
+        let src = "token: {{ secrets.k3s_token }}\n";
+        for meta in [
+            "",
+            "[files.\"etc/k3s.yaml\"]\nmode = \"0640\"\n",
+            "[defaults]\nfile_mode = \"0600\"\n",
+        ] {
+            let l = layer(
+                t.path(),
+                "site",
+                &[("etc/k3s.yaml.j2", src), ("_meta.toml", meta)],
+            );
+            let e = format!("{:#}", apply_layers(&mut w, &vars(), &[l]).unwrap_err());
+            assert!(e.contains("etc/k3s.yaml.j2"), "{e}");
+            assert!(e.contains("secrets"), "{e}");
+        }
+        assert!(!tree.join("etc/k3s.yaml").exists());
+        assert!(reads_secrets("t", "{% set s = secrets %}{{ s.x }}").unwrap());
+        assert!(!reads_secrets("t", "{{ roles.k3s.role }} {{ secretsx }}").unwrap());
+    }
+
+    #[test]
+    fn paths_render_and_must_stay_relative() {
+        let v = vars();
+        assert_eq!(
+            tree_path("{{ boot_dir }}/ssh", "x", &v).unwrap(),
+            "boot/firmware/ssh"
+        );
+        assert_eq!(tree_path("etc/plain", "x", &v).unwrap(), "etc/plain");
+        let v = serde_json::json!({"boot_dir": "../.."});
+        assert!(tree_path("{{ boot_dir }}/ssh", "x", &v).is_err());
+    }
+
+    #[test]
+    fn a_later_layer_replaces_a_role_file_by_its_rendered_path() {
+        if !nix::unistd::geteuid().is_root() {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "CI runs as root"
+            );
+            eprintln!("SKIP: setting owners needs root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        let mut w = TreeWriter::new(&tree).unwrap();
+        let role = layer(
+            t.path(),
+            "roles/x",
+            &[
+                ("{{ boot_dir }}/cmdline.txt.j2", "role {{ hostname }}\n"),
+                ("etc/kept", "role\n"),
+            ],
+        );
+        let site = layer(
+            t.path(),
+            "host/z1",
+            &[("boot/firmware/cmdline.txt", "mine\n")],
+        );
+        apply_layers(&mut w, &vars(), &[role, site]).unwrap();
+        let read = |p: &str| std::fs::read_to_string(tree.join(p)).unwrap();
+        assert_eq!(read("boot/firmware/cmdline.txt"), "mine\n");
+        assert_eq!(read("etc/kept"), "role\n");
+    }
+
+    #[test]
+    fn the_embedded_overlays_hold_every_role() {
+        let o = Overlays::Embedded;
+        for role in ["network", "slurm", "k3s", "firstboot"] {
+            assert!(
+                o.layer(&format!("roles/{role}")).unwrap().is_some(),
+                "{role}"
+            );
+        }
+        assert!(o.layer("roles/nope").unwrap().is_none());
+        assert_eq!(o.digest().unwrap(), o.digest().unwrap());
     }
 
     #[test]

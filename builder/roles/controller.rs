@@ -1,25 +1,20 @@
-//! The controller's files: the part of `clusterhat` chbuild owns. The
-//! plan decides which files apply; their text is the templates under
-//! `overlays/roles/controller/` (and the slurm role's, so `slurm.conf` is
-//! the nodes' file byte for byte); owners and modes come from that
-//! directory's `_meta.toml`, as names, resolved only where the files land
+//! The controller's files: the part of `clusterhat` chbuild owns. The plan
+//! decides which role layers apply; their text is the templates under
+//! `overlays/roles/` (`controller`, `controller_exports`, and the nodes'
+//! own `slurm`, `nfs_client` and `k3s`, so `slurm.conf` is the nodes' file
+//! byte for byte). Owners are names, resolved only where the files land
 //! (the controller's own `/etc/passwd`).
 //!
-//! ClusterCTRL's own files stay untouched: the exports chbuild adds go to
+//! ClusterCTRL's own files stay untouched: the export chbuild adds goes to
 //! `/etc/exports.d/`, never `/etc/exports`, which holds the Zeros' roots.
 
-use super::render_template;
-use crate::overlay::{self, Meta, META_FILE};
+use crate::overlay::{self, Layer, Overlays};
 use crate::profile::controller::ControllerNodePlan;
 use crate::profile::Profile;
 use crate::secrets::Secrets;
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::path::Path;
-
-const ROLE: &str = "controller";
-/// Stands for the admin user's name in template paths.
-const USER_DIR: &str = "_user_";
+use serde_json::json;
 
 /// One file or directory chbuild owns on the controller.
 #[derive(Debug, Clone, Serialize)]
@@ -42,108 +37,46 @@ impl Owned {
     }
 }
 
-/// Variables the controller templates see: the plan plus the values that
-/// come from the secrets directory (never printed by `check`).
-#[derive(Serialize)]
-struct Vars<'a> {
-    #[serde(flatten)]
-    plan: &'a ControllerNodePlan,
-    known_hosts: String,
-    k3s_token: &'a str,
-    ssh_known_hosts_file: &'a str,
-}
-
 /// The known_hosts file the controller's SSH config names.
-pub const KNOWN_HOSTS: &str = "home/_user_/.ssh/known_hosts.chbuild";
-const SSH_CONFIG: &str = "home/_user_/.ssh/config";
+const KNOWN_HOSTS_FILE: &str = "~/.ssh/known_hosts.chbuild";
 
-struct Builder<'a> {
-    overlays_dir: &'a Path,
-    meta: Meta,
-    vars: Vars<'a>,
-    ctx: serde_json::Value,
-    user: String,
-    out: Vec<Owned>,
+/// Template variables: the plan at the top level (as a node's are), the
+/// secrets the templates may read, and each role layer's values.
+fn context(
+    plan: &ControllerNodePlan,
+    secrets: &Secrets,
+    known_hosts: &str,
+    ssh_hosts: &[crate::profile::controller::SshHost],
+    known_hosts_file: &str,
+) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(plan).context("serializing the controller plan")?;
+    let obj = v.as_object_mut().context("the controller plan is not a map")?;
+    obj.insert("chbuild_version".into(), env!("CARGO_PKG_VERSION").into());
+    obj.insert(
+        overlay::SECRETS_NAMESPACE.into(),
+        json!({ "k3s_token": secrets.k3s_token }),
+    );
+    let k3s_role = plan.k3s_role.as_deref().unwrap_or("agent");
+    obj.insert(
+        "roles".into(),
+        json!({
+            "controller": {
+                "known_hosts": known_hosts,
+                "known_hosts_file": known_hosts_file,
+                "ssh_hosts": ssh_hosts,
+            },
+            "slurm": super::slurm::values(&plan.cluster, &plan.slurm_partitions),
+            "nfs_client": { "unit": super::escape_path(&plan.nfs_mount_point) },
+            "k3s": { "role": k3s_role, "unit": super::k3s::unit_name(k3s_role) },
+        }),
+    );
+    Ok(v)
 }
 
-impl Builder<'_> {
-    fn attrs(&self, key: &str, dir: bool) -> Result<(u32, String, String)> {
-        let attr = if dir {
-            self.meta.dirs.get(key)
-        } else {
-            self.meta.files.get(key)
-        }
-        .cloned()
-        .unwrap_or_default();
-        let d = &self.meta.defaults;
-        let mode = attr.mode.unwrap_or(if dir {
-            d.dir_mode.clone()
-        } else {
-            d.file_mode.clone()
-        });
-        let what = format!("overlays/roles/{ROLE}/{META_FILE}: {key}");
-        let text = |s: &str| -> Result<String> {
-            overlay::render(&what, s, &self.ctx).with_context(|| what.clone())
-        };
-        Ok((
-            overlay::parse_mode(&mode, &what)?,
-            text(attr.owner.as_deref().unwrap_or(&d.owner))?,
-            text(attr.group.as_deref().unwrap_or(&d.group))?,
-        ))
-    }
-
-    fn target(&self, key: &str) -> String {
-        key.replace(USER_DIR, &self.user)
-    }
-
-    /// A file rendered from the template at `key` (a tree path, `_user_`
-    /// for the admin's name), written at `target` or the key's own path.
-    fn template(
-        &mut self,
-        role: &str,
-        key: &str,
-        target: Option<String>,
-        restarts: &[&str],
-    ) -> Result<()> {
-        let text = render_template(self.overlays_dir, role, key, &self.vars)?;
-        let (mode, owner, group) = self.attrs(key, false)?;
-        let path = target.unwrap_or_else(|| self.target(key));
-        self.out.push(Owned {
-            path,
-            content: Some(text.into_bytes()),
-            mode,
-            owner,
-            group,
-            restarts: restarts.iter().map(|s| s.to_string()).collect(),
-        });
-        Ok(())
-    }
-
-    fn data(&mut self, key: &str, data: Vec<u8>, restarts: &[&str]) -> Result<()> {
-        let (mode, owner, group) = self.attrs(key, false)?;
-        self.out.push(Owned {
-            path: self.target(key),
-            content: Some(data),
-            mode,
-            owner,
-            group,
-            restarts: restarts.iter().map(|s| s.to_string()).collect(),
-        });
-        Ok(())
-    }
-
-    fn dir(&mut self, key: &str) -> Result<()> {
-        let (mode, owner, group) = self.attrs(key, true)?;
-        self.out.push(Owned {
-            path: self.target(key),
-            content: None,
-            mode,
-            owner,
-            group,
-            restarts: vec![],
-        });
-        Ok(())
-    }
+fn layer(overlays: &Overlays, name: &str) -> Result<Layer> {
+    overlays
+        .layer(name)?
+        .with_context(|| format!("the overlays have no layer {name}"))
 }
 
 /// Every file and directory chbuild owns on the controller, in the order
@@ -152,115 +85,123 @@ pub fn owned_files(
     profile: &Profile,
     plan: &ControllerNodePlan,
     secrets: &Secrets,
-    overlays_dir: &Path,
+    overlays: &Overlays,
 ) -> Result<Vec<Owned>> {
-    let meta_path = overlays_dir.join("roles").join(ROLE).join(META_FILE);
-    let meta: Meta = toml::from_str(
-        &std::fs::read_to_string(&meta_path)
-            .with_context(|| format!("reading {}", meta_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", meta_path.display()))?;
-    let vars = Vars {
+    let known_hosts = super::known_hosts(profile, secrets)?;
+    let ctx = context(
         plan,
-        known_hosts: super::known_hosts(profile, secrets)?,
-        k3s_token: &secrets.k3s_token,
-        ssh_known_hosts_file: "~/.ssh/known_hosts.chbuild",
+        secrets,
+        &known_hosts,
+        &plan.ssh_hosts,
+        KNOWN_HOSTS_FILE,
+    )?;
+    let user = &plan.user.name;
+    let mut out = Vec::new();
+    let dir = |path: &str, mode: u32, owner: &str| Owned {
+        path: path.to_string(),
+        content: None,
+        mode,
+        owner: owner.to_string(),
+        group: owner.to_string(),
+        restarts: vec![],
     };
-    let ctx = serde_json::to_value(&vars).context("serializing the controller plan")?;
-    let mut b = Builder {
-        overlays_dir,
-        meta,
-        vars,
-        ctx,
-        user: plan.user.name.clone(),
-        out: Vec::new(),
-    };
-
-    b.template(ROLE, "etc/hosts", None, &[])?;
-    b.template(ROLE, "etc/ssh/ssh_known_hosts", None, &[])?;
-    b.dir("home/_user_/.ssh")?;
-    b.template(ROLE, SSH_CONFIG, None, &[])?;
-    b.template(ROLE, KNOWN_HOSTS, None, &[])?;
-
-    let mut slurm_units = vec!["slurmctld.service"];
-    if plan.slurm {
-        slurm_units.push("slurmd.service");
-    }
+    out.push(dir(&format!("home/{user}/.ssh"), 0o700, user));
     if plan.munge {
-        b.dir("etc/munge")?;
-        let mut units = vec!["munge.service"];
-        units.extend(&slurm_units);
-        b.data(
-            "etc/munge/munge.key",
-            secrets.munge_key.clone(),
-            if plan.slurmctld { &units } else { &units[..1] },
-        )?;
+        out.push(dir("etc/munge", 0o700, "munge"));
     }
     if plan.slurmctld {
-        for f in [super::slurm::CONF, super::slurm::CGROUP] {
-            b.template("slurm", f, None, &slurm_units)?;
+        out.push(dir("var/lib/slurm/slurmctld", 0o755, "slurm"));
+        out.push(dir("var/log/slurm", 0o755, "slurm"));
+    }
+    if plan.nfs_role.as_deref() == Some("server") {
+        // Owned by the user: with root_squash, root on a client cannot
+        // write there.
+        out.push(dir(plan.nfs_export_path.trim_matches('/'), 0o755, user));
+    }
+
+    let mut slurm_units = vec!["slurmctld.service".to_string()];
+    if plan.slurm {
+        slurm_units.push("slurmd.service".into());
+    }
+    if plan.munge {
+        let mut units = vec!["munge.service".to_string()];
+        if plan.slurmctld {
+            units.extend(slurm_units.iter().cloned());
         }
-        b.dir("var/lib/slurm/slurmctld")?;
-        b.dir("var/log/slurm")?;
+        out.push(Owned {
+            path: super::munge::KEY.to_string(),
+            content: Some(secrets.munge_key.clone()),
+            mode: 0o400,
+            owner: "munge".into(),
+            group: "munge".into(),
+            restarts: units,
+        });
+    }
+
+    // Role layers, each with the units a change of its files restarts.
+    let mut layers: Vec<(&str, Vec<String>)> = vec![("roles/controller", vec![])];
+    if plan.slurmctld {
+        layers.push(("roles/slurm", slurm_units));
     }
     match plan.nfs_role.as_deref() {
-        Some("server") => {
-            // Owned by the user: with root_squash, root on a client cannot
-            // write there.
-            b.out.push(Owned {
-                path: plan.nfs_export_path.trim_matches('/').to_string(),
-                content: None,
-                mode: 0o755,
-                owner: plan.user.name.clone(),
-                group: plan.user.name.clone(),
-                restarts: vec![],
-            });
-            b.template(
-                ROLE,
-                "etc/exports.d/chbuild.exports",
-                None,
-                &["nfs-server.service"],
-            )?;
-        }
-        Some(_) => {
-            let unit = super::escape_path(&plan.nfs_mount_point);
-            for ext in ["mount", "automount"] {
-                let key = format!("etc/systemd/system/nfs-share.{ext}");
-                let target = format!("etc/systemd/system/{unit}.{ext}");
-                b.template(ROLE, &key, Some(target), &[&format!("{unit}.automount")])?;
-            }
-        }
+        Some("server") => layers.push((
+            "roles/controller_exports",
+            vec!["nfs-server.service".into()],
+        )),
+        Some(_) => layers.push((
+            "roles/nfs_client",
+            vec![format!(
+                "{}.automount",
+                super::escape_path(&plan.nfs_mount_point)
+            )],
+        )),
         None => {}
     }
     if let Some(role) = &plan.k3s_role {
-        b.template(
-            ROLE,
-            "etc/rancher/k3s/config.yaml",
-            None,
-            &[super::k3s::unit_name(role)],
-        )?;
+        layers.push(("roles/k3s", vec![super::k3s::unit_name(role).to_string()]));
     }
-    Ok(b.out)
+    for (name, restarts) in layers {
+        let l = layer(overlays, name)?;
+        for r in overlay::render_layers(&ctx, &[l])? {
+            // A layer's directories only hold its files: they are created
+            // when missing, never owned.
+            let Some(content) = r.content else { continue };
+            out.push(Owned {
+                path: r.path.to_string_lossy().into_owned(),
+                content: Some(content),
+                mode: r.mode,
+                owner: r.owner,
+                group: r.group,
+                restarts: restarts.clone(),
+            });
+        }
+    }
+    Ok(out)
 }
 
-/// `ssh_config` for the admin's machine on the LAN: the same template with
-/// the blocks seen from the LAN (the Zeros through the controller) and the
-/// cluster's known_hosts copied to `~/.ssh/known_hosts.<cluster>`.
-pub fn lan_ssh_config(plan: &ControllerNodePlan, overlays_dir: &Path) -> Result<String> {
-    #[derive(Serialize)]
-    struct LanVars<'a> {
-        cluster: &'a str,
-        ssh_hosts: &'a [crate::profile::controller::SshHost],
-        ssh_known_hosts_file: String,
-    }
-    render_template(
-        overlays_dir,
-        ROLE,
-        SSH_CONFIG,
-        &LanVars {
-            cluster: &plan.cluster,
-            ssh_hosts: &plan.ssh_hosts_lan,
-            ssh_known_hosts_file: format!("~/.ssh/known_hosts.{}", plan.cluster),
-        },
-    )
+/// `ssh_config` for the admin's machine on the LAN: the controller's SSH
+/// config template with the blocks seen from the LAN (the Zeros through
+/// the controller) and the cluster's known_hosts copied to
+/// `~/.ssh/known_hosts.<cluster>`.
+pub fn lan_ssh_config(
+    profile: &Profile,
+    plan: &ControllerNodePlan,
+    secrets: &Secrets,
+    overlays: &Overlays,
+) -> Result<String> {
+    let known_hosts = super::known_hosts(profile, secrets)?;
+    let ctx = context(
+        plan,
+        secrets,
+        &known_hosts,
+        &plan.ssh_hosts_lan,
+        &format!("~/.ssh/known_hosts.{}", plan.cluster),
+    )?;
+    let config = format!("home/{}/.ssh/config", plan.user.name);
+    overlay::render_layers(&ctx, &[layer(overlays, "roles/controller")?])?
+        .into_iter()
+        .find(|r| r.path.to_string_lossy() == config)
+        .and_then(|r| r.content)
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .context("the controller layer has no .ssh/config template")
 }

@@ -2,69 +2,15 @@
 //! `containers` group, all with the token from the secrets directory. With
 //! `k3s_airgap_dir` the binary and the images tarball are baked in with
 //! chbuild's own unit; otherwise the first-boot unit runs the install
-//! script, which reads the same config.yaml.
+//! script, which reads the same config.yaml. The files are
+//! `overlays/roles/{k3s,k3s_airgap}/`.
 
-use super::{enable_unit, Pending, RoleCtx};
+use super::{enable_unit, Pending, RoleCtx, Templates};
 use crate::overlay::write::{Owner, TreeWriter};
-use crate::profile::plan::NodePlan;
 use anyhow::{bail, Context, Result};
+use serde_json::json;
 
 pub const CONFIG: &str = "etc/rancher/k3s/config.yaml";
-
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialize")
-}
-
-pub fn config_yaml(plan: &NodePlan, role: &str, token: &str) -> String {
-    let mut s = String::from("# Written by chbuild from the profile. Holds the cluster token.\n");
-    if role == "agent" {
-        if let Some(url) = &plan.k3s_server_url {
-            s.push_str(&format!("server: {}\n", quote(url)));
-        }
-    }
-    s.push_str(&format!("token: {}\n", quote(token)));
-    s.push_str(&format!("node-name: {}\n", quote(&plan.hostname)));
-    s.push_str(&format!("node-ip: {}\n", quote(&plan.address.to_string())));
-    if role == "server" {
-        s.push_str("write-kubeconfig-mode: \"0600\"\ntls-san:\n");
-        s.push_str(&format!("  - {}\n", quote(&plan.hostname)));
-        s.push_str(&format!("  - {}\n", quote(&plan.address.to_string())));
-    }
-    s
-}
-
-/// The unit k3s's install script would write, for the air-gapped case.
-pub fn unit(role: &str) -> String {
-    let (desc, ty) = if role == "server" {
-        ("server", "notify")
-    } else {
-        ("agent", "exec")
-    };
-    format!(
-        "[Unit]\n\
-         Description=Lightweight Kubernetes ({desc}), baked by chbuild\n\
-         Wants=network-online.target\n\
-         After=network-online.target\n\
-         \n\
-         [Service]\n\
-         Type={ty}\n\
-         KillMode=process\n\
-         Delegate=yes\n\
-         LimitNOFILE=1048576\n\
-         LimitNPROC=infinity\n\
-         LimitCORE=infinity\n\
-         TasksMax=infinity\n\
-         TimeoutStartSec=0\n\
-         Restart=always\n\
-         RestartSec=5s\n\
-         ExecStartPre=-/usr/sbin/modprobe br_netfilter\n\
-         ExecStartPre=-/usr/sbin/modprobe overlay\n\
-         ExecStart=/usr/local/bin/k3s {role}\n\
-         \n\
-         [Install]\n\
-         WantedBy=multi-user.target\n"
-    )
-}
 
 pub fn unit_name(role: &str) -> &'static str {
     if role == "server" {
@@ -74,15 +20,26 @@ pub fn unit_name(role: &str) -> &'static str {
     }
 }
 
-pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter, pending: &mut Pending) -> Result<()> {
+pub fn apply(
+    ctx: &RoleCtx,
+    t: &mut Templates,
+    w: &mut TreeWriter,
+    pending: &mut Pending,
+) -> Result<()> {
     let Some(role) = ctx.plan.k3s_role.as_deref() else {
         return Ok(());
     };
-    w.write(
-        CONFIG,
-        config_yaml(ctx.plan, role, &ctx.secrets.k3s_token).as_bytes(),
-        0o600,
-        Owner::ROOT,
+    let name = unit_name(role);
+    t.apply(
+        w,
+        "k3s",
+        json!({
+            "role": role,
+            "unit": name,
+            // What the install script's unit uses: the server tells systemd
+            // when it is ready, an agent does not.
+            "service_type": if role == "server" { "notify" } else { "exec" },
+        }),
     )?;
     match ctx.profile.features.k3s_airgap_dir.as_deref() {
         Some(dir) => {
@@ -115,13 +72,8 @@ pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter, pending: &mut Pending) -> Result
                     Owner::ROOT,
                 )?;
             }
-            let name = unit_name(role);
-            w.write(
-                format!("etc/systemd/system/{name}"),
-                unit(role).as_bytes(),
-                0o644,
-                Owner::ROOT,
-            )?;
+            // The unit k3s's install script would write.
+            t.apply(w, "k3s_airgap", json!({}))?;
             enable_unit(w, name, "multi-user.target")?;
         }
         None => {

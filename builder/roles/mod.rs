@@ -3,6 +3,12 @@
 //! [`TreeWriter`] (new inodes only: the tree's `usr`, `bin`, `lib*`, `opt`
 //! are hardlinked to the base store and to sibling nodes).
 //!
+//! What a role writes is a template under `overlays/roles/<role>/` (see
+//! [`crate::overlay`]); the code here decides whether a role applies and
+//! computes the values its templates read as `roles.<role>.*`. Edits of
+//! the base's own files (`passwd`, `shadow`, `group`), copies (skeleton
+//! files, keys, bundles) and links stay in code.
+//!
 //! Order: network, users, ssh, munge, slurm, docker, k3s, nfs, shell,
 //! then packages and the first-boot unit (which takes over whatever cannot
 //! be done offline), then the overlays, so an admin's file always wins.
@@ -25,21 +31,62 @@ pub mod slurm;
 pub mod ssh;
 pub mod users;
 
-use crate::overlay::{self, write::TreeWriter};
+use crate::overlay::{self, write::TreeWriter, Overlays};
 use crate::profile::plan::NodePlan;
 use crate::profile::Profile;
 use crate::secrets::Secrets;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Everything a role may read. `overlays_dir` is the repository's
-/// `overlays/` directory; at run time the pipeline passes
-/// `profile.dir().join("../overlays")` (profiles live in `profiles/`).
+/// Everything a role may read. `overlays` holds the role templates and the
+/// built-in layers; `epoch` is the build's time (`SOURCE_DATE_EPOCH`, or
+/// the base's when unset).
 pub struct RoleCtx<'a> {
     pub profile: &'a Profile,
     pub plan: &'a NodePlan,
     pub secrets: &'a Secrets,
-    pub overlays_dir: &'a Path,
+    pub overlays: &'a Overlays,
+    pub epoch: i64,
+}
+
+/// The template variables of one node, growing as roles add their values,
+/// and the overlays the role templates come from.
+pub struct Templates<'a> {
+    overlays: &'a Overlays,
+    vars: serde_json::Value,
+}
+
+impl<'a> Templates<'a> {
+    pub fn new(ctx: &RoleCtx<'a>) -> Result<Templates<'a>> {
+        // The secrets templates may read, each a string; a template reading
+        // one must be declared unreadable to group and others.
+        let secrets = serde_json::json!({
+            "k3s_token": ctx.secrets.k3s_token,
+            "password_hash": ctx.secrets.password_hash,
+        });
+        Ok(Templates {
+            overlays: ctx.overlays,
+            vars: overlay::template_context(ctx.plan, Some(ctx.epoch), secrets)?,
+        })
+    }
+
+    /// Render the role layer `roles/<role>` into the tree now, its
+    /// templates reading `values` as `roles.<role>`. Later layers (an
+    /// admin's) replace any of its files by path.
+    pub fn apply(
+        &mut self,
+        w: &mut TreeWriter,
+        role: &str,
+        values: serde_json::Value,
+    ) -> Result<()> {
+        self.vars["roles"][role] = values;
+        let name = format!("roles/{role}");
+        let layer = self
+            .overlays
+            .layer(&name)?
+            .with_context(|| format!("the overlays have no layer {name}"))?;
+        overlay::apply_layers(w, &self.vars, &[layer])
+    }
 }
 
 /// What the roles leave to the first-boot unit.
@@ -61,27 +108,25 @@ pub struct Pending {
 /// Returns the tree-relative paths written (sorted, each once).
 pub fn apply_roles(ctx: &RoleCtx, tree: &Path) -> Result<Vec<PathBuf>> {
     let mut w = TreeWriter::new(tree)?;
+    let mut t = Templates::new(ctx)?;
     let mut pending = Pending::default();
     let node = &ctx.plan.name;
     let step = |name: &str| format!("role {name} on node {node}");
-    network::apply(ctx, &mut w).with_context(|| step("network"))?;
-    users::apply(ctx, &mut w).with_context(|| step("users"))?;
-    ssh::apply(ctx, &mut w).with_context(|| step("ssh"))?;
+    network::apply(ctx, &mut t, &mut w).with_context(|| step("network"))?;
+    users::apply(ctx, &mut t, &mut w).with_context(|| step("users"))?;
+    ssh::apply(ctx, &mut t, &mut w).with_context(|| step("ssh"))?;
     munge::apply(ctx, &mut w, &mut pending).with_context(|| step("munge"))?;
-    slurm::apply(ctx, &mut w, &mut pending).with_context(|| step("slurm"))?;
-    docker::apply(ctx, &mut w, &mut pending).with_context(|| step("docker"))?;
-    k3s::apply(ctx, &mut w, &mut pending).with_context(|| step("k3s"))?;
-    nfs::apply(ctx, &mut w, &mut pending).with_context(|| step("nfs"))?;
-    shell::apply(&mut w).with_context(|| step("shell"))?;
+    slurm::apply(ctx, &mut t, &mut w, &mut pending).with_context(|| step("slurm"))?;
+    docker::apply(ctx, &mut t, &mut w, &mut pending).with_context(|| step("docker"))?;
+    k3s::apply(ctx, &mut t, &mut w, &mut pending).with_context(|| step("k3s"))?;
+    nfs::apply(ctx, &mut t, &mut w, &mut pending).with_context(|| step("nfs"))?;
+    shell::apply(&mut t, &mut w).with_context(|| step("shell"))?;
     let missing =
         packages::missing(&w, ctx.plan, &pending.packages).with_context(|| step("packages"))?;
-    firstboot::apply(ctx, &mut w, &missing, &pending).with_context(|| step("firstboot"))?;
-    let layers = overlay::layers(
-        ctx.plan,
-        ctx.overlays_dir,
-        ctx.profile.overlay_dir.as_deref(),
-    );
-    overlay::apply_overlays(&mut w, ctx.plan, &layers).with_context(|| step("overlays"))?;
+    firstboot::apply(&mut t, &mut w, &missing, &pending).with_context(|| step("firstboot"))?;
+    let layers = overlay::layers(ctx.plan, ctx.overlays, ctx.profile.overlay_dir.as_deref())
+        .with_context(|| step("overlays"))?;
+    overlay::apply_layers(&mut w, &t.vars, &layers).with_context(|| step("overlays"))?;
     Ok(w.written())
 }
 
@@ -109,21 +154,6 @@ pub fn known_hosts(profile: &Profile, secrets: &Secrets) -> Result<String> {
         out.push_str(&format!("{} {kind} {blob}\n", names.join(",")));
     }
     Ok(out)
-}
-
-/// Render a role's template, `overlays/roles/<role>/<path>.j2`, with any
-/// serializable plan as its variables.
-pub fn render_template(
-    overlays_dir: &Path,
-    role: &str,
-    path: &str,
-    vars: &impl serde::Serialize,
-) -> Result<String> {
-    let file = overlays_dir.join("roles").join(role).join(format!("{path}.j2"));
-    let src =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let ctx = serde_json::to_value(vars).context("serializing the plan for a template")?;
-    overlay::render(&format!("roles/{role}/{path}.j2"), &src, &ctx)
 }
 
 /// Where a unit file lives in the tree, as the absolute path a

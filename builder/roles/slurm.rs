@@ -4,24 +4,35 @@
 //! has no alias key; the aliases live in /etc/hosts) and, unless the
 //! profile says otherwise, a compute node in its own partition. The Zeros
 //! form the `zero` partition; the LAN Pis join (partition `picluster`)
-//! only with `slurm_include_picluster`. The text is the template
-//! `overlays/roles/slurm/etc/slurm/slurm.conf.j2`.
+//! only with `slurm_include_picluster`. The files are
+//! `overlays/roles/slurm/`; the controller renders the same ones.
 
-use super::{enable_or_defer, render_template, Pending, RoleCtx};
-use crate::overlay::write::{Owner, TreeWriter};
+use super::{enable_or_defer, Pending, RoleCtx, Templates};
+use crate::overlay::write::TreeWriter;
+use crate::profile::plan::SlurmPartition;
 use anyhow::Result;
+use serde_json::{json, Value};
 
-pub const CONF: &str = "etc/slurm/slurm.conf";
-pub const CGROUP: &str = "etc/slurm/cgroup.conf";
+/// What the templates read as `roles.slurm`: the cluster name Slurm sees
+/// and the partitions (the first non-empty one the default), the same for
+/// the nodes and the controller.
+pub fn values(cluster: &str, partitions: &[SlurmPartition]) -> Value {
+    json!({
+        "cluster_name": cluster.to_lowercase(),
+        "partitions": partitions,
+    })
+}
 
-pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter, pending: &mut Pending) -> Result<()> {
+pub fn apply(
+    ctx: &RoleCtx,
+    t: &mut Templates,
+    w: &mut TreeWriter,
+    pending: &mut Pending,
+) -> Result<()> {
     if !ctx.plan.slurm {
         return Ok(());
     }
-    for f in [CONF, CGROUP] {
-        let text = render_template(ctx.overlays_dir, "slurm", f, ctx.plan)?;
-        w.write(f, text.as_bytes(), 0o644, Owner::ROOT)?;
-    }
+    t.apply(w, "slurm", values(&ctx.plan.cluster, &ctx.plan.slurm_partitions))?;
     pending.packages.push("slurmd".into());
     enable_or_defer(w, pending, "slurmd.service", "multi-user.target")
 }

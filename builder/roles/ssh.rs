@@ -1,48 +1,42 @@
 //! SSH: the user's `authorized_keys`, an sshd drop-in (key-only login, no
 //! root login, as the profile says), the node's own host key from the
 //! secrets directory (so the cluster's `known_hosts` holds from the first
-//! connection) and the `ssh` flag in the boot directory.
+//! connection) and the `ssh` flag in the boot directory. The files are
+//! `overlays/roles/ssh/`; the host key is copied from the secrets.
 
-use super::{enable_unit, user_owner, RoleCtx};
+use super::{enable_unit, user_owner, RoleCtx, Templates};
 use crate::overlay::write::{Owner, TreeWriter};
 use crate::profile::plan::UserPlan;
 use anyhow::{bail, Result};
+use serde_json::{json, Value};
 
 pub const DROP_IN: &str = "etc/ssh/sshd_config.d/50-chbuild.conf";
 pub const HOST_KEY: &str = "etc/ssh/ssh_host_ed25519_key";
 
-/// Used when the base has no `sshd_config` and no Debian template: the
-/// Debian defaults that matter, and the drop-in directory.
-const MINIMAL_SSHD_CONFIG: &str = "\
-Include /etc/ssh/sshd_config.d/*.conf
-KbdInteractiveAuthentication no
-UsePAM yes
-X11Forwarding yes
-PrintMotd no
-AcceptEnv LANG LC_*
-Subsystem sftp /usr/lib/openssh/sftp-server
-";
-
-pub fn drop_in(u: &UserPlan) -> String {
-    let root = match (u.permit_root_login, u.ssh_key_only) {
+/// What the templates read as `roles.ssh`: the user's keys, sshd's login
+/// settings from the profile, and the base's `sshd_config` (the drop-in
+/// only counts when it includes the drop-in directory, as Debian's does;
+/// a base without one gets Debian's settings from the template).
+pub fn values(u: &UserPlan, keys: &[String], base_config: Option<String>) -> Value {
+    let permit_root_login = match (u.permit_root_login, u.ssh_key_only) {
         (false, _) => "no",
         (true, true) => "prohibit-password",
         (true, false) => "yes",
     };
-    let pw = if u.ssh_key_only { "no" } else { "yes" };
-    format!(
-        "# Written by chbuild from the profile's [user] settings.\n\
-         # Only the host key baked from the secrets directory, so every node\n\
-         # presents the key the cluster's known_hosts lists.\n\
-         HostKey /{HOST_KEY}\n\
-         PasswordAuthentication {pw}\n\
-         KbdInteractiveAuthentication no\n\
-         PermitRootLogin {root}\n\
-         PubkeyAuthentication yes\n"
-    )
+    let includes = base_config.as_deref().is_some_and(|t| {
+        t.lines()
+            .any(|l| l.trim_start().starts_with("Include") && l.contains("/etc/ssh/sshd_config.d/"))
+    });
+    json!({
+        "authorized_keys": keys.iter().map(|k| k.trim()).collect::<Vec<_>>(),
+        "permit_root_login": permit_root_login,
+        "password_authentication": if u.ssh_key_only { "no" } else { "yes" },
+        "base_config": base_config,
+        "base_includes_drop_ins": includes,
+    })
 }
 
-pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter) -> Result<()> {
+pub fn apply(ctx: &RoleCtx, t: &mut Templates, w: &mut TreeWriter) -> Result<()> {
     let u = &ctx.plan.user;
     let keys = &ctx.secrets.authorized_keys;
     if keys.is_empty() && u.ssh_key_only {
@@ -52,40 +46,15 @@ pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter) -> Result<()> {
             u.name
         );
     }
+    // sshd's StrictModes: the user's own, unreadable to others, even when
+    // the base's skeleton brought one.
     let owner = user_owner(w, ctx.plan)?;
-    let ssh_dir = format!("home/{}/.ssh", u.name);
-    w.mkdir(&ssh_dir, 0o700, owner)?;
-    let mut text = String::new();
-    for k in keys {
-        text.push_str(k.trim());
-        text.push('\n');
-    }
-    w.write(
-        format!("{ssh_dir}/authorized_keys"),
-        text.as_bytes(),
-        0o600,
-        owner,
-    )?;
-
-    // The drop-in only counts when sshd_config includes its directory
-    // (Debian's does); a base without one gets Debian's template.
-    let main = match w.read_string("etc/ssh/sshd_config")? {
+    w.mkdir(format!("home/{}/.ssh", u.name), 0o700, owner)?;
+    let base_config = match w.read_string("etc/ssh/sshd_config")? {
         Some(t) => Some(t),
         None => w.read_string("usr/share/openssh/sshd_config")?,
     };
-    let main = match main {
-        Some(t)
-            if t.lines().any(|l| {
-                l.trim_start().starts_with("Include") && l.contains("/etc/ssh/sshd_config.d/")
-            }) =>
-        {
-            t
-        }
-        Some(t) => format!("Include /etc/ssh/sshd_config.d/*.conf\n{t}"),
-        None => MINIMAL_SSHD_CONFIG.to_string(),
-    };
-    w.write("etc/ssh/sshd_config", main.as_bytes(), 0o644, Owner::ROOT)?;
-    w.write(DROP_IN, drop_in(u).as_bytes(), 0o644, Owner::ROOT)?;
+    t.apply(w, "ssh", values(u, keys, base_config))?;
 
     // Host keys from the base would be the same on every node built from
     // it: only the node's own key stays.
@@ -119,12 +88,5 @@ pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter) -> Result<()> {
         w.symlink(format!("etc/systemd/system/{regen}"), "/dev/null")?;
     }
     enable_unit(w, "ssh.service", "multi-user.target")?;
-    // The flag Raspberry Pi OS's sshswitch reads to enable sshd.
-    w.write(
-        format!("{}/ssh", ctx.plan.boot_dir),
-        b"",
-        0o644,
-        Owner::ROOT,
-    )?;
     Ok(())
 }

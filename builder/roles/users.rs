@@ -2,11 +2,16 @@
 //! sha512crypt hash), `group`, `gshadow`, sudo membership with a
 //! password-less sudoers drop-in, the home directory from `etc/skel`, and
 //! `userconf.txt` in the boot directory for Raspberry Pi OS's first boot.
+//!
+//! The account databases are edited here in code, not templated: they are
+//! the base's own files, and chbuild only decides which rows change. The
+//! files chbuild adds are `overlays/roles/{sudo,users}/`.
 
 use super::accounts::Accounts;
-use super::RoleCtx;
+use super::{RoleCtx, Templates};
 use crate::overlay::write::{Owner, TreeWriter};
 use anyhow::{bail, Context, Result};
+use serde_json::json;
 use std::path::Path;
 use walkdir::WalkDir;
 
@@ -20,17 +25,10 @@ const PI_GROUPS: [&str; 14] = [
 /// Debian's fixed gid of `sudo` (base-passwd).
 const SUDO_GID: u32 = 27;
 
-fn days_since_epoch() -> u64 {
-    let secs = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        });
-    secs / 86400
+/// The shadow file's "last changed" day: the build's time, so the same
+/// inputs give the same file.
+fn days_since_epoch(epoch: i64) -> u64 {
+    epoch.max(0) as u64 / 86400
 }
 
 /// Raspberry Pi OS ships a first user at the profile's uid under another
@@ -75,7 +73,7 @@ fn rename_user(acc: &mut Accounts, w: &mut TreeWriter, old: &str, new: &str) -> 
     Ok(())
 }
 
-pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter) -> Result<()> {
+pub fn apply(ctx: &RoleCtx, t: &mut Templates, w: &mut TreeWriter) -> Result<()> {
     let u = &ctx.plan.user;
     let hash = &ctx.secrets.password_hash;
     let mut acc = Accounts::load(w)?;
@@ -121,7 +119,7 @@ pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter) -> Result<()> {
     acc.shadow.upsert(row(&[
         &u.name,
         hash,
-        &days_since_epoch().to_string(),
+        &days_since_epoch(ctx.epoch).to_string(),
         "0",
         "99999",
         "7",
@@ -163,16 +161,7 @@ pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter) -> Result<()> {
     let owner = Owner { uid: u.uid, gid };
 
     if u.sudo {
-        w.write(
-            format!("etc/sudoers.d/010_{}-nopasswd", u.name),
-            format!(
-                "# Written by chbuild: the profile's user may use sudo without a password.\n{} ALL=(ALL) NOPASSWD: ALL\n",
-                u.name
-            )
-            .as_bytes(),
-            0o440,
-            Owner::ROOT,
-        )?;
+        t.apply(w, "sudo", json!({}))?;
     }
 
     let home_rel = format!("home/{}", u.name);
@@ -204,14 +193,6 @@ pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter) -> Result<()> {
         }
     }
 
-    // Raspberry Pi OS's userconfig reads `user:hash` from the boot
-    // directory at first boot (a headless node would wait on tty8 without
-    // it). It holds the hash: never world-readable.
-    w.write(
-        format!("{}/userconf.txt", ctx.plan.boot_dir),
-        format!("{}:{hash}\n", u.name).as_bytes(),
-        0o600,
-        Owner::ROOT,
-    )?;
-    Ok(())
+    // userconf.txt for Raspberry Pi OS's first boot.
+    t.apply(w, "users", json!({}))
 }

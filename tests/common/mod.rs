@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+use chbuild::overlay::Overlays;
 use chbuild::profile::{parse_profile_with_secrets, Profile};
 use chbuild::roles::{apply_roles, known_hosts, RoleCtx};
 use chbuild::secrets::{self, Secrets};
@@ -98,10 +99,25 @@ pub fn build(
     nodes: &[&str],
     setup: impl Fn(&mut Profile, &Path),
 ) -> Built {
+    build_with_secrets(base, label, nodes, None, setup)
+}
+
+/// [`build`], with the secrets copied (0600, in 0700 directories) from
+/// `fixed` instead of made at random, so the output is deterministic.
+pub fn build_with_secrets(
+    base: &Path,
+    label: &str,
+    nodes: &[&str],
+    fixed: Option<&Path>,
+    setup: impl Fn(&mut Profile, &Path),
+) -> Built {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("roles-build-{label}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let secrets_dir = dir.join("secrets");
+    if let Some(src) = fixed {
+        copy_private(src, &secrets_dir);
+    }
     let text = std::fs::read_to_string(PROFILE).unwrap();
     let mut profile = parse_profile_with_secrets(&text, Path::new(PROFILE), &secrets_dir).unwrap();
     profile.secrets_dir = secrets_dir.clone();
@@ -110,7 +126,11 @@ pub fn build(
     setup(&mut profile, &scratch);
     secrets::init(&profile, &secrets_dir, false).unwrap();
     let secrets = Secrets::load(&profile).unwrap();
-    let overlays_dir = profile.dir().join("../overlays");
+    let overlays = Overlays::builtin().unwrap();
+    // As the pipeline: SOURCE_DATE_EPOCH, else the base's time.
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|_| std::fs::metadata(base.join("etc")).unwrap().mtime());
     let mut trees = BTreeMap::new();
     let mut written = BTreeMap::new();
     for name in nodes {
@@ -122,7 +142,8 @@ pub fn build(
             profile: &profile,
             plan: &plan,
             secrets: &secrets,
-            overlays_dir: &overlays_dir,
+            overlays: &overlays,
+            epoch,
         };
         written.insert(name.to_string(), apply_roles(&ctx, &tree).unwrap());
         trees.insert(name.to_string(), tree);
@@ -135,6 +156,22 @@ pub fn build(
         trees,
         written,
         known_hosts,
+    }
+}
+
+fn copy_private(src: &Path, dest: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in WalkDir::new(src).sort_by_file_name() {
+        let e = e.unwrap();
+        let to = dest.join(e.path().strip_prefix(src).unwrap());
+        let mode = if e.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+            0o700
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+            0o600
+        };
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 }
 
