@@ -21,8 +21,12 @@ struct Fixture {
 const SHARED_FILE: &str = "usr/share/base-files/motd";
 
 /// The profile overlay's own cgroup.conf, over the slurm role's.
-const SITE_CGROUP: &str =
-    "# site {{ roles.slurm.cluster_name }} {{ roles.slurm.partitions[0].name }}\nConstrainCores=yes\n";
+/// The profile's layer goes on every node: `roles.slurm` is defined only
+/// where the slurm role applies.
+const SITE_CGROUP: &str = "# site\
+{% if roles.slurm is defined %} {{ roles.slurm.cluster_name }} {{ roles.slurm.partitions[0].name }}{% endif %}
+ConstrainCores=yes
+";
 
 fn fixture() -> Option<&'static Fixture> {
     static F: OnceLock<Option<Fixture>> = OnceLock::new();
@@ -503,6 +507,10 @@ fn a_user_layer_overrides_a_role_file_by_path() {
     );
     let m = b.meta("z1", "etc/slurm/cgroup.conf");
     assert_eq!((mode(&m), m.uid(), m.gid()), (0o644, 0, 0));
+    assert_eq!(
+        b.read("p5", "etc/slurm/cgroup.conf"),
+        "# site\nConstrainCores=yes\n"
+    );
     // The role's other file is still the role's.
     assert!(b
         .read("z1", "etc/slurm/slurm.conf")

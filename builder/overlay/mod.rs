@@ -626,7 +626,9 @@ mod tests {
         }
         let t = tempfile::tempdir().unwrap();
         let tree = t.path().join("tree");
-        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(tree.join("etc/group"), "root:x:0:\n").unwrap();
         let mut w = TreeWriter::new(&tree).unwrap();
         let role = layer(
             t.path(),
