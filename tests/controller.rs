@@ -117,7 +117,10 @@ fn expect_profile_error(name: &str, from: &str, to: &str, says: &str) {
     let _ = fs::remove_file(&p);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(2), "{t}");
-    assert!(t.contains(&at) && t.contains(says), "{name}: want {at} {says}: {t}");
+    assert!(
+        t.contains(&at) && t.contains(says),
+        "{name}: want {at} {says}: {t}"
+    );
 }
 
 #[test]
@@ -155,9 +158,11 @@ fn the_controller_can_serve_nfs_and_run_a_k3s_agent() {
         "nfs_server = \"p5\"",
         "nfs_server = \"controller\"",
     );
-    let text_now = fs::read_to_string(&p)
-        .unwrap()
-        .replacen("model = \"pi4\"\n", "model = \"pi4\"\nk3s_agent = true\n", 1);
+    let text_now = fs::read_to_string(&p).unwrap().replacen(
+        "model = \"pi4\"\n",
+        "model = \"pi4\"\nk3s_agent = true\n",
+        1,
+    );
     fs::write(&p, text_now).unwrap();
     let mut c = chbuild();
     c.profile = p.clone();
@@ -186,7 +191,14 @@ fn the_controller_can_serve_nfs_and_run_a_k3s_agent() {
     }
 
     let out = out_dir("server");
-    c.ok(&["image", HOST, "-o", out.to_str().unwrap(), "--format", "dir"]);
+    c.ok(&[
+        "image",
+        HOST,
+        "-o",
+        out.to_str().unwrap(),
+        "--format",
+        "dir",
+    ]);
     let _ = fs::remove_file(&p);
     let tree = out.join(HOST);
     let exports = fs::read_to_string(tree.join("etc/exports.d/chbuild.exports")).unwrap();
@@ -194,7 +206,10 @@ fn the_controller_can_serve_nfs_and_run_a_k3s_agent() {
         exports.contains("/opt/data 172.16.2.0/24(rw,sync,no_subtree_check,root_squash)"),
         "{exports}"
     );
-    assert!(!tree.join("etc/exports").exists(), "ClusterCTRL's exports stay");
+    assert!(
+        !tree.join("etc/exports").exists(),
+        "ClusterCTRL's exports stay"
+    );
     assert!(tree.join("opt/data").is_dir());
     let k3s = tree.join("etc/rancher/k3s/config.yaml");
     assert_eq!(fs::metadata(&k3s).unwrap().mode() & 0o7777, 0o600);
@@ -256,11 +271,17 @@ fn image_writes_only_owned_files_as_tree_and_tarball() {
     // Same inputs, same bytes.
     let first = fs::read(out.join(format!("{HOST}.tar.zst"))).unwrap();
     c.ok(&["image", HOST, "-o", out.to_str().unwrap()]);
-    assert_eq!(first, fs::read(out.join(format!("{HOST}.tar.zst"))).unwrap());
+    assert_eq!(
+        first,
+        fs::read(out.join(format!("{HOST}.tar.zst"))).unwrap()
+    );
     // The controller's slurm.conf is the nodes' file, byte for byte: the
     // same template renders both.
     let conf = fs::read_to_string(out.join(HOST).join("etc/slurm/slurm.conf")).unwrap();
-    assert!(conf.contains("PartitionName=picluster Nodes=p1,p2,p3,p4"), "{conf}");
+    assert!(
+        conf.contains("PartitionName=picluster Nodes=p1,p2,p3,p4"),
+        "{conf}"
+    );
     assert!(
         conf.contains(&format!("PartitionName=controller Nodes={HOST} Default=NO")),
         "{conf}"
@@ -304,7 +325,10 @@ fn ssh_accepts_the_generated_config_for_every_node() {
             .expect("running ssh -G");
         let t = text(&o);
         assert!(o.status.success(), "{name}: {t}");
-        assert!(t.contains(&format!("\nhostname {address}\n")), "{name}: {t}");
+        assert!(
+            t.contains(&format!("\nhostname {address}\n")),
+            "{name}: {t}"
+        );
         assert!(t.contains("\nuser pi\n"), "{name}: {t}");
         assert!(t.contains("\nstricthostkeychecking true\n"), "{name}: {t}");
         assert!(t.contains("known_hosts.chbuild"), "{name}: {t}");
@@ -312,7 +336,10 @@ fn ssh_accepts_the_generated_config_for_every_node() {
     // From the admin's machine on the LAN (`ssh_config` beside the
     // artifacts), the Zeros are reached through the controller.
     let lan = tree.parent().unwrap().join("ssh_config");
-    for (name, address) in nodes.iter().chain([&(HOST.to_string(), "172.16.2.200".to_string())]) {
+    for (name, address) in nodes
+        .iter()
+        .chain([&(HOST.to_string(), "172.16.2.200".to_string())])
+    {
         let o = Command::new("ssh")
             .arg("-G")
             .arg("-F")
@@ -322,7 +349,10 @@ fn ssh_accepts_the_generated_config_for_every_node() {
             .expect("running ssh -G");
         let t = text(&o);
         assert!(o.status.success(), "{name}: {t}");
-        assert!(t.contains(&format!("\nhostname {address}\n")), "{name}: {t}");
+        assert!(
+            t.contains(&format!("\nhostname {address}\n")),
+            "{name}: {t}"
+        );
         let jumps = t.contains(&format!("\nproxyjump {HOST}\n"));
         assert_eq!(jumps, name.starts_with('z'), "{name}: {t}");
     }
@@ -373,7 +403,11 @@ fn controller_root(name: &str) -> Option<PathBuf> {
     std::os::unix::fs::chown(root.join("home/pi"), Some(1000), Some(1000)).unwrap();
     // A slurm.conf that was there before, to see rollback bring it back.
     fs::create_dir_all(root.join("etc/slurm")).unwrap();
-    fs::write(root.join("etc/slurm/slurm.conf"), "# the admin's old file\n").unwrap();
+    fs::write(
+        root.join("etc/slurm/slurm.conf"),
+        "# the admin's old file\n",
+    )
+    .unwrap();
     fs::set_permissions(
         root.join("etc/slurm/slurm.conf"),
         fs::Permissions::from_mode(0o640),
@@ -441,7 +475,10 @@ fn snapshot(root: &Path, paths: &[&str]) -> Snapshot {
 }
 
 /// Without the inode and mtime: what "byte for byte" restores.
-fn content_only(s: &Snapshot) -> BTreeMap<String, Option<(Vec<u8>, u32, u32, u32)>> {
+/// Content, mode, uid and gid of each path (None: absent).
+type Contents = BTreeMap<String, Option<(Vec<u8>, u32, u32, u32)>>;
+
+fn content_only(s: &Snapshot) -> Contents {
     s.iter()
         .map(|(k, v)| (k.clone(), v.as_ref().map(|v| (v.0.clone(), v.1, v.2, v.3))))
         .collect()
@@ -487,8 +524,16 @@ fn deploy_controller_owners_idempotence_and_rollback() {
     // --dry-run changes nothing and says what it would do.
     let o = deploy(&root, apt, &["--dry-run", "--diff"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("would install slurmctld slurmd"), "{}", text(&o));
-    assert!(text(&o).contains("+PartitionName=picluster"), "{}", text(&o));
+    assert!(
+        text(&o).contains("would install slurmctld slurmd"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("+PartitionName=picluster"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(snapshot(&root, &OWNED), before, "dry run changed a file");
     assert!(!root.join("var/log/apt-standin.log").exists());
 
@@ -500,8 +545,14 @@ fn deploy_controller_owners_idempotence_and_rollback() {
         "install -y --no-install-recommends -- slurmctld slurmd",
         "only the missing packages"
     );
-    let munge = (id_of(&root, "passwd", "munge"), id_of(&root, "group", "munge"));
-    let slurm = (id_of(&root, "passwd", "slurm"), id_of(&root, "group", "slurm"));
+    let munge = (
+        id_of(&root, "passwd", "munge"),
+        id_of(&root, "group", "munge"),
+    );
+    let slurm = (
+        id_of(&root, "passwd", "slurm"),
+        id_of(&root, "group", "slurm"),
+    );
     for (path, mode, owner) in [
         ("etc/hosts", 0o644, (0, 0)),
         ("etc/ssh/ssh_known_hosts", 0o644, (0, 0)),
@@ -526,7 +577,10 @@ fn deploy_controller_owners_idempotence_and_rollback() {
         fs::read(secrets.join("munge.key")).unwrap()
     );
     let hosts = fs::read_to_string(root.join("etc/hosts")).unwrap();
-    assert!(hosts.contains("172.16.2.200\tclusterhat controller p0"), "{hosts}");
+    assert!(
+        hosts.contains("172.16.2.200\tclusterhat controller p0"),
+        "{hosts}"
+    );
     // Units enabled as systemctl would: the fixture carries munge's unit;
     // the stand-in installs no unit files, so slurmctld is reported.
     assert!(root
@@ -537,7 +591,11 @@ fn deploy_controller_owners_idempotence_and_rollback() {
         .join("etc/systemd/system/remote-fs.target.wants/opt-data.automount")
         .symlink_metadata()
         .is_ok());
-    assert!(text(&o).contains("slurmctld.service is not installed"), "{}", text(&o));
+    assert!(
+        text(&o).contains("slurmctld.service is not installed"),
+        "{}",
+        text(&o)
+    );
 
     // A second run: unchanged, nothing touched (same inodes and times), no
     // package install.
@@ -560,7 +618,11 @@ fn deploy_controller_owners_idempotence_and_rollback() {
     };
     rb(&c);
     let back = snapshot(&root, &OWNED);
-    assert_eq!(content_only(&back), content_only(&before), "rollback differs");
+    assert_eq!(
+        content_only(&back),
+        content_only(&before),
+        "rollback differs"
+    );
     assert_eq!(
         fs::read(root.join("etc/slurm/slurm.conf")).unwrap(),
         b"# the admin's old file\n"
@@ -682,7 +744,14 @@ fn slurmctld_and_munged_run_the_generated_config() {
     if !root_or_skip() {
         return;
     }
-    for tool in ["munged", "slurmctld", "slurmd", "sinfo", "scontrol", "unshare"] {
+    for tool in [
+        "munged",
+        "slurmctld",
+        "slurmd",
+        "sinfo",
+        "scontrol",
+        "unshare",
+    ] {
         assert!(
             chbuild::tools::which(tool).is_some(),
             "{tool} is missing (.ci/setup installs slurm and munge)"
@@ -711,7 +780,6 @@ fn slurmctld_and_munged_run_the_generated_config() {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting munged"),
-
     );
     wait_for("munged's socket", Duration::from_secs(20), || {
         d.join("munge.sock").exists()
@@ -737,7 +805,6 @@ fn slurmctld_and_munged_run_the_generated_config() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting slurmctld"),
-
     );
     let _keep = (&munged, &ctld);
     let ask = |args: &[&str]| -> Output {
@@ -798,7 +865,6 @@ fn slurmctld_and_munged_run_the_generated_config() {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting slurmd"),
-
     );
     let _keep = &slurmd;
     wait_for(

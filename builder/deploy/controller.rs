@@ -254,7 +254,8 @@ pub fn deploy(profile: &Profile, opts: &Options) -> Result<Report> {
         }
     }
     restart.retain(|u| !report.not_installed.contains(u) && plan.units.contains(u));
-    if !opts.prefixed && !(changed.is_empty() && report.enabled.is_empty()) {
+    let touched = !changed.is_empty() || !report.enabled.is_empty();
+    if !opts.prefixed && touched {
         tools::systemctl(&["daemon-reload"])?;
         for u in &restart {
             tools::systemctl(&["restart", u])?;
@@ -345,8 +346,8 @@ pub fn rollback(root: &Path, prefixed: bool) -> Result<RollbackReport> {
         ),
         Err(e) => return Err(e).with_context(|| format!("reading {}", state_path.display())),
     };
-    let state: Vec<(Saved, bool)> =
-        serde_json::from_slice(&text).with_context(|| format!("parsing {}", state_path.display()))?;
+    let state: Vec<(Saved, bool)> = serde_json::from_slice(&text)
+        .with_context(|| format!("parsing {}", state_path.display()))?;
     let lock_dir = root.join("var/lib/chbuild");
     let _lock = super::lock::acquire(&lock_dir)?;
     let mut w = TreeWriter::new(root)?;

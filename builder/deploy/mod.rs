@@ -528,7 +528,7 @@ fn deploy_node(d: &NfsDir, j: &Job, args: &DeployArgs, nfs_server: &str) -> Resu
         if let Some(bundle) = &args.secrets_bundle {
             // A public release carries no secrets: they join the staged
             // tree here, before the swap, so the node never runs without.
-            let files = crate::artifact::public::read_bundle(bundle, &j.plan)?;
+            let files = crate::artifact::public::read_bundle(bundle, j.plan)?;
             if files.is_empty() {
                 anyhow::bail!("{} holds no secrets for {}", bundle.display(), j.plan.name);
             }

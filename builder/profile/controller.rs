@@ -4,9 +4,7 @@
 //! out. Its Slurm fields match every node's, so the one `slurm.conf`
 //! template renders the same file for the controller and the nodes.
 
-use super::plan::{
-    slurm_layout, ControllerPlan, HostEntry, SlurmNode, SlurmPartition, UserPlan,
-};
+use super::plan::{slurm_layout, ControllerPlan, HostEntry, SlurmNode, SlurmPartition, UserPlan};
 use super::{NodeKind, Profile};
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -292,7 +290,8 @@ mod tests {
         assert!(c.slurmctld && !c.slurm);
         assert!(c.slurm_nodes.iter().all(|n| n.name != "clusterhat"));
         assert!(!c.packages.contains(&"slurmd".to_string()));
-        let extra = "\n[[features.slurm_partitions_extra]]\nname = \"all\"\nnodes = [\"z1\", \"p0\"]\n";
+        let extra =
+            "\n[[features.slurm_partitions_extra]]\nname = \"all\"\nnodes = [\"z1\", \"p0\"]\n";
         let with = |base: &str| {
             let at = base.find("[packages]").unwrap();
             format!("{}{extra}\n{}", &base[..at], &base[at..])
@@ -315,7 +314,10 @@ mod tests {
         let bad = DEFAULT.replacen("name = \"p5\"", "name = \"p0\"", 1);
         let e = parse(&bad).unwrap_err();
         assert!(e.message.contains("is the controller"), "{e}");
-        let line = bad[..bad.find("name = \"p0\"").unwrap()].matches('\n').count() + 1;
+        let line = bad[..bad.find("name = \"p0\"").unwrap()]
+            .matches('\n')
+            .count()
+            + 1;
         assert_eq!(e.line, line);
     }
 }

@@ -771,25 +771,26 @@ fn parse(
 
     let f = &raw.features;
     // A server is a node or the controller (under its host name).
-    let node_ref =
-        |v: &Option<Spanned<String>>, key: &str| -> Result<Option<String>, ProfileError> {
-            match v {
-                None => Ok(None),
-                Some(s) if nodes.iter().any(|n| &n.name == s.get_ref()) => {
-                    Ok(Some(s.get_ref().clone()))
-                }
-                Some(s) if controller.is_named(s.get_ref()) => Ok(Some(controller.hostname.clone())),
-                Some(s) => Err(ctx.err(
-                    s.span(),
-                    key,
-                    format!(
-                        "`{}` is neither a node nor the controller ({})",
-                        s.get_ref(),
-                        controller.hostname
-                    ),
-                )),
+    let node_ref = |v: &Option<Spanned<String>>,
+                    key: &str|
+     -> Result<Option<String>, ProfileError> {
+        match v {
+            None => Ok(None),
+            Some(s) if nodes.iter().any(|n| &n.name == s.get_ref()) => {
+                Ok(Some(s.get_ref().clone()))
             }
-        };
+            Some(s) if controller.is_named(s.get_ref()) => Ok(Some(controller.hostname.clone())),
+            Some(s) => Err(ctx.err(
+                s.span(),
+                key,
+                format!(
+                    "`{}` is neither a node nor the controller ({})",
+                    s.get_ref(),
+                    controller.hostname
+                ),
+            )),
+        }
+    };
     let slurm_partitions_extra = partitions_extra(&ctx, f, &controller, &nodes)?;
     let features = Features {
         slurm: f.slurm,

@@ -50,7 +50,9 @@ fn context(
     known_hosts_file: &str,
 ) -> Result<serde_json::Value> {
     let mut v = serde_json::to_value(plan).context("serializing the controller plan")?;
-    let obj = v.as_object_mut().context("the controller plan is not a map")?;
+    let obj = v
+        .as_object_mut()
+        .context("the controller plan is not a map")?;
     obj.insert("chbuild_version".into(), env!("CARGO_PKG_VERSION").into());
     obj.insert(
         overlay::SECRETS_NAMESPACE.into(),

@@ -32,7 +32,11 @@ pub fn apply(
     if !ctx.plan.slurm {
         return Ok(());
     }
-    t.apply(w, "slurm", values(&ctx.plan.cluster, &ctx.plan.slurm_partitions))?;
+    t.apply(
+        w,
+        "slurm",
+        values(&ctx.plan.cluster, &ctx.plan.slurm_partitions),
+    )?;
     pending.packages.push("slurmd".into());
     enable_or_defer(w, pending, "slurmd.service", "multi-user.target")
 }
