@@ -510,16 +510,23 @@ fn id_of(root: &Path, db: &str, name: &str) -> u32 {
         .unwrap()
 }
 
+/// A controller root with the apt-get stand-in, and the owned paths'
+/// state before any deploy; None (after saying why) without root.
+fn deploy_setup(name: &str, fail: bool) -> Option<(PathBuf, &'static str, Snapshot)> {
+    if !root_or_skip() {
+        return None;
+    }
+    let root = controller_root(name)?;
+    let apt = install_apt_standin(&root, fail);
+    let before = snapshot(&root, &OWNED);
+    Some((root, apt, before))
+}
+
 #[test]
 fn deploy_controller_owners_idempotence_and_rollback() {
-    if !root_or_skip() {
-        return;
-    }
-    let Some(root) = controller_root("deploy") else {
+    let Some((root, apt, before)) = deploy_setup("deploy", false) else {
         return;
     };
-    let apt = install_apt_standin(&root, false);
-    let before = snapshot(&root, &OWNED);
 
     // --dry-run changes nothing and says what it would do.
     let o = deploy(&root, apt, &["--dry-run", "--diff"]);
@@ -634,14 +641,9 @@ fn deploy_controller_owners_idempotence_and_rollback() {
 
 #[test]
 fn a_failing_package_install_changes_no_file() {
-    if !root_or_skip() {
-        return;
-    }
-    let Some(root) = controller_root("apt-fails") else {
+    let Some((root, apt, before)) = deploy_setup("apt-fails", true) else {
         return;
     };
-    let apt = install_apt_standin(&root, true);
-    let before = snapshot(&root, &OWNED);
     let o = deploy(&root, apt, &[]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
@@ -681,6 +683,22 @@ impl Drop for Daemon {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A daemon that believes it runs on the controller: its own UTS
+/// namespace carries the controller's host name.
+fn as_controller(command: &str) -> Daemon {
+    Daemon(
+        Command::new("unshare")
+            .arg("--uts")
+            .arg("sh")
+            .arg("-c")
+            .arg(format!("hostname {HOST} && exec {command}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {command}: {e}")),
+    )
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
@@ -790,22 +808,7 @@ fn slurmctld_and_munged_run_the_generated_config() {
     fs::write(&conf, test_slurm_conf(&generated, d, port)).unwrap();
     fs::copy(tree.join("etc/slurm/cgroup.conf"), d.join("cgroup.conf")).unwrap();
 
-    // slurmctld believes it is the controller: its own UTS namespace
-    // carries the controller's host name.
-    let ctld = Daemon(
-        Command::new("unshare")
-            .arg("--uts")
-            .arg("sh")
-            .arg("-c")
-            .arg(format!(
-                "hostname {HOST} && exec slurmctld -D -f {} -i",
-                conf.display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting slurmctld"),
-    );
+    let ctld = as_controller(&format!("slurmctld -D -f {} -i", conf.display()));
     let _keep = (&munged, &ctld);
     let ask = |args: &[&str]| -> Output {
         Command::new(args[0])
@@ -852,20 +855,7 @@ fn slurmctld_and_munged_run_the_generated_config() {
     assert!(!o.status.success(), "p0 is not a Slurm node name");
 
     // A slurmd on this machine registers as the controller's node.
-    let slurmd = Daemon(
-        Command::new("unshare")
-            .arg("--uts")
-            .arg("sh")
-            .arg("-c")
-            .arg(format!(
-                "hostname {HOST} && exec slurmd -D -f {} -N {HOST}",
-                conf.display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting slurmd"),
-    );
+    let slurmd = as_controller(&format!("slurmd -D -f {} -N {HOST}", conf.display()));
     let _keep = &slurmd;
     wait_for(
         "the controller's slurmd to register",

@@ -166,16 +166,7 @@ fn write_tarball(files: &[Owned], out: &Path, epoch: i64) -> Result<(String, u64
     entries.sort_by(|a, b| a.0.cmp(&b.0));
 
     let tmp = tmp_sibling(out);
-    let _ = fs::remove_file(&tmp);
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?
-    };
+    let file = super::create_private_file(&tmp)?;
     let enc = zstd::Encoder::new(file, 3)?;
     let mut b = tar::Builder::new(enc);
     for (path, owned) in &entries {

@@ -167,6 +167,19 @@ pub fn verify(dir: &Path) -> Result<Vec<String>> {
     Ok(files.into_iter().map(|(n, _)| n).collect())
 }
 
+/// A new file readable by its owner only, replacing a leftover of an
+/// interrupted run.
+pub fn create_private_file(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = fs::remove_file(path);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
 /// The output directory: 0700, the trees carry secrets.
 pub fn create_dir_private(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -241,16 +254,7 @@ pub fn write_tar_zst(tree: &Path, out: &Path, epoch: i64) -> Result<TarballInfo>
     let tmp = tmp_sibling(out);
     // The tarball carries the node's secrets (munge key, host key, password
     // hash): it is never readable by others.
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        let _ = fs::remove_file(&tmp);
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?
-    };
+    let file = create_private_file(&tmp)?;
     let hashing = HashingWriter {
         inner: BufWriter::new(file),
         hash: Sha256::new(),

@@ -230,6 +230,7 @@ pub fn deploy(profile: &Profile, opts: &Options) -> Result<Report> {
                 Some(data) => w.write(&f.path, data, f.mode, owner)?,
             }
         }
+        sync_written(&w, &changed)?;
     }
 
     let mut restart: Vec<String> = Vec::new();
@@ -263,6 +264,21 @@ pub fn deploy(profile: &Profile, opts: &Options) -> Result<Report> {
     }
     report.restarted = restart;
     Ok(report)
+}
+
+/// A live controller may lose power: each replaced file and the directory
+/// holding its new name reach the disk before units restart.
+fn sync_written(w: &TreeWriter, changed: &[&Owned]) -> Result<()> {
+    for f in changed {
+        let host = w.host_path(&f.path)?;
+        let parent = host.parent().unwrap_or(Path::new("/"));
+        for p in [host.as_path(), parent] {
+            fs::File::open(p)
+                .and_then(|h| h.sync_all())
+                .with_context(|| format!("syncing {}", p.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Save the current state of `changed` as the rollback set: built in a

@@ -4,7 +4,9 @@
 //! out. Its Slurm fields match every node's, so the one `slurm.conf`
 //! template renders the same file for the controller and the nodes.
 
-use super::plan::{slurm_layout, ControllerPlan, HostEntry, SlurmNode, SlurmPartition, UserPlan};
+use super::plan::{
+    cluster_hosts, slurm_layout, ControllerPlan, HostEntry, SlurmNode, SlurmPartition, UserPlan,
+};
 use super::{NodeKind, Profile};
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -71,28 +73,7 @@ impl ControllerNodePlan {
         let slurm = f.slurm && c.slurm_compute;
         let munge = slurmctld;
 
-        let mut hosts = vec![HostEntry {
-            address: c.lan_address,
-            names: std::iter::once(c.hostname.clone())
-                .chain(c.aliases.iter().cloned())
-                .collect(),
-        }];
-        for n in &p.nodes {
-            let mut names = vec![n.hostname.clone()];
-            if n.name != n.hostname {
-                names.push(n.name.clone());
-            }
-            hosts.push(HostEntry {
-                address: n.address,
-                names,
-            });
-        }
-        if let Some(d) = &p.domain {
-            for h in &mut hosts {
-                let fq = format!("{}.{d}", h.names[0]);
-                h.names.insert(0, fq);
-            }
-        }
+        let hosts = cluster_hosts(p, c.lan_address);
 
         let ssh_hosts = host_blocks(p, false);
         let ssh_hosts_lan = host_blocks(p, true);
@@ -158,21 +139,8 @@ impl ControllerNodePlan {
             aliases: c.aliases.clone(),
             address: c.lan_address,
             timezone: p.timezone.clone(),
-            user: UserPlan {
-                name: p.user.name.clone(),
-                uid: p.user.uid,
-                sudo: p.user.sudo,
-                ssh_key_only: p.user.ssh_key_only,
-                permit_root_login: p.user.permit_root_login,
-                ssh_authorized_keys: p.user.ssh_authorized_keys.clone(),
-            },
-            controller: ControllerPlan {
-                hostname: c.hostname.clone(),
-                aliases: c.aliases.clone(),
-                lan_address: c.lan_address,
-                zero_address: c.zero_address,
-                nfs_address: c.nfs_address,
-            },
+            user: UserPlan::new(p),
+            controller: ControllerPlan::new(p),
             hosts,
             munge,
             slurmctld,

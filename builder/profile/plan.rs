@@ -182,6 +182,62 @@ pub struct NodePlan {
     pub vars: BTreeMap<String, toml::Value>,
 }
 
+/// `/etc/hosts` entries: the controller (at the address the reader
+/// reaches it on) under its host name and aliases, then every node; with a
+/// domain, each name's FQDN first.
+pub fn cluster_hosts(p: &Profile, controller_address: Ipv4Addr) -> Vec<HostEntry> {
+    let c = &p.controller;
+    let mut hosts = vec![HostEntry {
+        address: controller_address,
+        names: std::iter::once(c.hostname.clone())
+            .chain(c.aliases.iter().cloned())
+            .collect(),
+    }];
+    for n in &p.nodes {
+        let mut names = vec![n.hostname.clone()];
+        if n.name != n.hostname {
+            names.push(n.name.clone());
+        }
+        hosts.push(HostEntry {
+            address: n.address,
+            names,
+        });
+    }
+    if let Some(d) = &p.domain {
+        for h in &mut hosts {
+            let fq = format!("{}.{d}", h.names[0]);
+            h.names.insert(0, fq);
+        }
+    }
+    hosts
+}
+
+impl UserPlan {
+    pub fn new(p: &Profile) -> UserPlan {
+        UserPlan {
+            name: p.user.name.clone(),
+            uid: p.user.uid,
+            sudo: p.user.sudo,
+            ssh_key_only: p.user.ssh_key_only,
+            permit_root_login: p.user.permit_root_login,
+            ssh_authorized_keys: p.user.ssh_authorized_keys.clone(),
+        }
+    }
+}
+
+impl ControllerPlan {
+    pub fn new(p: &Profile) -> ControllerPlan {
+        let c = &p.controller;
+        ControllerPlan {
+            hostname: c.hostname.clone(),
+            aliases: c.aliases.clone(),
+            lan_address: c.lan_address,
+            zero_address: c.zero_address,
+            nfs_address: c.nfs_address,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RoutePlan {
     pub network: String,
@@ -238,32 +294,14 @@ impl NodePlan {
         let slurm = slurm_compute(node);
         let munge = slurm || in_group("munge");
 
-        let mut hosts = vec![HostEntry {
-            address: if is_zero {
+        let hosts = cluster_hosts(
+            p,
+            if is_zero {
                 p.controller.zero_address
             } else {
                 p.controller.lan_address
             },
-            names: std::iter::once(p.controller.hostname.clone())
-                .chain(p.controller.aliases.iter().cloned())
-                .collect(),
-        }];
-        for n in &p.nodes {
-            let mut names = vec![n.hostname.clone()];
-            if n.name != n.hostname {
-                names.push(n.name.clone());
-            }
-            hosts.push(HostEntry {
-                address: n.address,
-                names,
-            });
-        }
-        if let Some(d) = &p.domain {
-            for h in &mut hosts {
-                let fq = format!("{}.{d}", h.names[0]);
-                h.names.insert(0, fq);
-            }
-        }
+        );
 
         let mut packages: Vec<String> = Vec::new();
         let mut add = |list: &[String]| {
@@ -338,21 +376,8 @@ impl NodePlan {
             groups: node.groups.iter().cloned().collect(),
             boot_dir: p.base.boot_dir.clone(),
             timezone: p.timezone.clone(),
-            user: UserPlan {
-                name: p.user.name.clone(),
-                uid: p.user.uid,
-                sudo: p.user.sudo,
-                ssh_key_only: p.user.ssh_key_only,
-                permit_root_login: p.user.permit_root_login,
-                ssh_authorized_keys: p.user.ssh_authorized_keys.clone(),
-            },
-            controller: ControllerPlan {
-                hostname: p.controller.hostname.clone(),
-                aliases: p.controller.aliases.clone(),
-                lan_address: p.controller.lan_address,
-                zero_address: p.controller.zero_address,
-                nfs_address: p.controller.nfs_address,
-            },
+            user: UserPlan::new(p),
+            controller: ControllerPlan::new(p),
             usbboot,
             hosts,
             munge,
