@@ -654,6 +654,25 @@ fn a_failing_package_install_changes_no_file() {
     let _ = fs::remove_dir_all(root.parent().unwrap());
 }
 
+/// An owner that does not resolve (no admin user on this controller) stops
+/// the deploy before the first file is replaced.
+#[test]
+fn an_unknown_owner_changes_no_file() {
+    let Some((root, apt, before)) = deploy_setup("no-user", false) else {
+        return;
+    };
+    let passwd = root.join("etc/passwd");
+    let text_now = fs::read_to_string(&passwd).unwrap();
+    fs::write(&passwd, text_now.replace("pi:x:1000:1000:pi:/home/pi:/bin/bash\n", "")).unwrap();
+    let o = deploy(&root, apt, &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("user `pi` does not exist"), "{t}");
+    assert_eq!(snapshot(&root, &OWNED), before, "a file changed");
+    assert!(!root.join("var/lib/chbuild/controller/rollback").exists());
+    let _ = fs::remove_dir_all(root.parent().unwrap());
+}
+
 #[test]
 fn deploy_controller_refuses_a_machine_without_clusterctrl() {
     if Path::new("/var/lib/clusterctrl").exists() {

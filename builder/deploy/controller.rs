@@ -67,6 +67,9 @@ struct Saved {
     mode: u32,
     uid: u32,
     gid: u32,
+    /// Units to restart when this file changes back.
+    #[serde(default)]
+    restarts: Vec<String>,
 }
 
 /// Refuse a machine that is not a ClusterCTRL controller, unless a prefix
@@ -221,10 +224,15 @@ pub fn deploy(profile: &Profile, opts: &Options) -> Result<Report> {
     }
 
     if !changed.is_empty() {
-        save_rollback(&opts.root, &w, &changed)?;
+        // Every owner resolves (the packages made their users) before the
+        // first file is touched.
         let acc = Accounts::load(&w)?;
-        for f in &changed {
-            let owner = resolve(&acc, f)?;
+        let owners = changed
+            .iter()
+            .map(|f| resolve(&acc, f))
+            .collect::<Result<Vec<Owner>>>()?;
+        save_rollback(&opts.root, &w, &changed)?;
+        for (f, owner) in changed.iter().zip(owners) {
             match &f.content {
                 None => w.mkdir(&f.path, f.mode, owner)?,
                 Some(data) => w.write(&f.path, data, f.mode, owner)?,
@@ -309,6 +317,7 @@ fn save_rollback(root: &Path, w: &TreeWriter, changed: &[&Owned]) -> Result<()> 
                     mode: m.mode() & 0o7777,
                     uid: m.uid(),
                     gid: m.gid(),
+                    restarts: f.restarts.clone(),
                 }
             }
             Ok(m) if m.is_dir() && f.content.is_none() => Saved {
@@ -317,6 +326,7 @@ fn save_rollback(root: &Path, w: &TreeWriter, changed: &[&Owned]) -> Result<()> 
                 mode: m.mode() & 0o7777,
                 uid: m.uid(),
                 gid: m.gid(),
+                restarts: f.restarts.clone(),
             },
             Ok(_) => bail!(
                 "{} exists but is not a {}",
@@ -329,6 +339,7 @@ fn save_rollback(root: &Path, w: &TreeWriter, changed: &[&Owned]) -> Result<()> 
                 mode: 0,
                 uid: 0,
                 gid: 0,
+                restarts: f.restarts.clone(),
             },
         };
         saved.push((entry, f.is_dir()));
@@ -376,7 +387,7 @@ pub fn rollback(root: &Path, prefixed: bool) -> Result<RollbackReport> {
             mode: 0,
             owner: String::new(),
             group: String::new(),
-            restarts: vec![],
+            restarts: s.restarts.clone(),
         })
         .collect();
     let refs: Vec<&Owned> = current.iter().collect();
@@ -425,6 +436,19 @@ pub fn rollback(root: &Path, prefixed: bool) -> Result<RollbackReport> {
     }
     if !prefixed {
         tools::systemctl(&["daemon-reload"])?;
+        let mut units: Vec<&String> = Vec::new();
+        for u in state.iter().flat_map(|(s, _)| &s.restarts) {
+            if !units.contains(&u) {
+                units.push(u);
+            }
+        }
+        for u in units {
+            // A unit whose package is gone (or never came) has nothing to
+            // restart.
+            if let Err(e) = tools::systemctl(&["try-restart", u]) {
+                tracing::warn!("{u}: {e:#}");
+            }
+        }
     }
     Ok(report)
 }
