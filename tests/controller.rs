@@ -663,7 +663,11 @@ fn an_unknown_owner_changes_no_file() {
     };
     let passwd = root.join("etc/passwd");
     let text_now = fs::read_to_string(&passwd).unwrap();
-    fs::write(&passwd, text_now.replace("pi:x:1000:1000:pi:/home/pi:/bin/bash\n", "")).unwrap();
+    fs::write(
+        &passwd,
+        text_now.replace("pi:x:1000:1000:pi:/home/pi:/bin/bash\n", ""),
+    )
+    .unwrap();
     let o = deploy(&root, apt, &[]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");

@@ -8,8 +8,8 @@
 //! (`tar -xpf clusterhat.tar.zst -C /`).
 
 use super::{create_dir_private, sha256_file, tmp_sibling, Manifest, MANIFEST};
-use crate::cli::Format;
 use crate::overlay::write::{Owner, TreeWriter};
+use crate::pipeline::Format;
 use crate::profile::Profile;
 use crate::roles::controller::{owned_files, Owned};
 use crate::secrets::Secrets;

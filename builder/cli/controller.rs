@@ -1,7 +1,8 @@
 //! The controller's verbs: `image clusterhat`, `deploy --controller`,
 //! `rollback clusterhat`, and its part of `check`.
 
-use super::{Cli, DeployArgs, ImageArgs, RollbackArgs, UsageError};
+use super::{Cli, DeployArgs, ImageArgs, RollbackArgs};
+use crate::error::UsageError;
 use crate::profile::controller::ControllerNodePlan;
 use crate::profile::Profile;
 use anyhow::Result;
@@ -111,7 +112,7 @@ pub fn image(cli: &Cli, p: &Profile, args: &ImageArgs) -> Result<()> {
         .output
         .clone()
         .unwrap_or_else(|| crate::artifact::default_output_dir(p));
-    let report = crate::artifact::controller::image(p, &out, args.format)?;
+    let report = crate::artifact::controller::image(p, &out, args.format.into())?;
     if cli.global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }

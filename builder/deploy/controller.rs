@@ -82,7 +82,7 @@ fn check_clusterctrl(opts: &Options) -> Result<()> {
     if has_dir || tools::which(tools::CLUSTERCTRL.program).is_some() {
         return Ok(());
     }
-    Err(crate::cli::UsageError(
+    Err(crate::error::UsageError(
         "this machine has no ClusterCTRL (no `clusterctrl` on PATH and no /var/lib/clusterctrl): \
          run deploy --controller on the controller, or give --root DIR to write under a prefix"
             .into(),

@@ -3,7 +3,7 @@
 //! runs exactly this plan, so `chbuild check` is a free dry run.
 
 use super::model::{Arch, Model};
-use super::{NodeKind, Profile};
+use super::{Controller, Node, NodeKind, Profile, User};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -68,26 +68,15 @@ pub struct SlurmPartition {
     pub default: bool,
 }
 
-/// Whether a node is a Slurm compute node: the Zeros always (with Slurm
-/// on), LAN Pis only with `slurm_include_picluster`.
-pub fn slurm_compute(slurm: bool, include_picluster: bool, n: &super::Node) -> bool {
-    slurm
-        && (n.groups.contains("slurm") || n.groups.contains("zerocluster"))
-        && (n.kind == NodeKind::Usbboot || include_picluster)
-}
-
 /// Slurm's nodes and partitions, the same for every node and the
-/// controller (slurm.conf must be identical everywhere).
+/// controller (slurm.conf must be identical everywhere): the controller
+/// first when it computes, in its own partition; the Zeros in `zero`, the
+/// LAN Pis in `picluster`, then the extra partitions.
 pub fn slurm_layout(p: &Profile) -> (Vec<SlurmNode>, Vec<SlurmPartition>) {
     let f = &p.features;
     if !f.slurm {
         return (Vec::new(), Vec::new());
     }
-    let compute: Vec<&super::Node> = p
-        .nodes
-        .iter()
-        .filter(|n| slurm_compute(f.slurm, f.slurm_include_picluster, n))
-        .collect();
     let c = &p.controller;
     let mut nodes: Vec<SlurmNode> = Vec::new();
     if c.slurm_compute {
@@ -98,22 +87,23 @@ pub fn slurm_layout(p: &Profile) -> (Vec<SlurmNode>, Vec<SlurmPartition>) {
             memory_mb: c.memory_mb,
         });
     }
-    nodes.extend(compute.iter().map(|n| SlurmNode {
-        name: n.hostname.clone(),
-        address: n.address,
-        cpus: n.cpus,
-        memory_mb: n.memory_mb,
-    }));
-    let names = |kind: NodeKind| -> Vec<String> {
-        compute
+    nodes.extend(
+        p.nodes
             .iter()
-            .filter(|n| n.kind == kind)
-            .map(|n| n.hostname.clone())
-            .collect()
-    };
+            .filter(|n| slurm_compute(p, n))
+            .map(|n| SlurmNode {
+                name: n.hostname.clone(),
+                address: n.address,
+                cpus: n.cpus,
+                memory_mb: n.memory_mb,
+            }),
+    );
     let mut parts = vec![
-        (ZERO_PARTITION.to_string(), names(NodeKind::Usbboot)),
-        (PI_PARTITION.to_string(), names(NodeKind::Sd)),
+        (
+            ZERO_PARTITION.to_string(),
+            slurm_hostnames(p, NodeKind::Usbboot),
+        ),
+        (PI_PARTITION.to_string(), slurm_hostnames(p, NodeKind::Sd)),
     ];
     if c.slurm_compute {
         parts.push((c.slurm_partition.clone(), vec![c.hostname.clone()]));
@@ -182,15 +172,184 @@ pub struct NodePlan {
     pub vars: BTreeMap<String, toml::Value>,
 }
 
-/// `/etc/hosts` entries: the controller (at the address the reader
-/// reaches it on) under its host name and aliases, then every node; with a
-/// domain, each name's FQDN first.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutePlan {
+    pub network: String,
+    pub via: Ipv4Addr,
+}
+
+impl NodePlan {
+    pub fn new(p: &Profile, node: &Node) -> NodePlan {
+        let f = &p.features;
+        let is_zero = node.kind == NodeKind::Usbboot;
+        let docker = docker_on(p, node);
+        let k3s_role = k3s_role(p, node);
+        let k3s_server_url = f
+            .k3s_server
+            .as_ref()
+            .filter(|_| k3s_role.is_some())
+            .and_then(|s| p.server_address(s, node.kind))
+            .map(|a| format!("https://{a}:6443"));
+        let nfs_role = match &f.nfs_server {
+            Some(s) if s == &node.name => Some("server".to_string()),
+            Some(_) => Some("client".to_string()),
+            None => None,
+        };
+        let nfs_server_address = f
+            .nfs_server
+            .as_ref()
+            .and_then(|s| p.server_address(s, node.kind));
+        let slurm = slurm_compute(p, node);
+        let (slurm_nodes, slurm_partitions) = slurm_layout(p);
+        let munge = slurm || node.groups.contains("munge");
+        let overlays = overlays(
+            node,
+            &[
+                (munge, "munge"),
+                (slurm, "slurm"),
+                (docker, "docker"),
+                (k3s_role.is_some(), "k3s"),
+                (nfs_role.as_deref() == Some("server"), "nfs-server"),
+                (nfs_role.as_deref() == Some("client"), "nfs-client"),
+            ],
+        );
+        NodePlan {
+            cluster: p.name.clone(),
+            name: node.name.clone(),
+            hostname: node.hostname.clone(),
+            kind: node.kind,
+            model: node.model,
+            architecture: p.base.architecture,
+            cpus: node.cpus,
+            memory_mb: node.memory_mb,
+            address: node.address,
+            netmask_bits: if is_zero {
+                p.zero_network.prefix_len()
+            } else {
+                p.lan_network.prefix_len()
+            },
+            groups: node.groups.iter().cloned().collect(),
+            boot_dir: p.base.boot_dir.clone(),
+            timezone: p.timezone.clone(),
+            user: UserPlan::of(&p.user),
+            controller: ControllerPlan::of(&p.controller),
+            usbboot: usbboot(p, node),
+            hosts: hosts(p, is_zero),
+            munge,
+            slurm,
+            slurm_nodes,
+            slurm_partitions,
+            slurm_zero_nodes: slurm_hostnames(p, NodeKind::Usbboot),
+            slurm_pi_nodes: slurm_hostnames(p, NodeKind::Sd),
+            docker,
+            k3s_server_url,
+            k3s_airgap: p.features.k3s_airgap_dir.is_some() && k3s_role.is_some(),
+            k3s_role,
+            nfs_server_address,
+            nfs_export_path: f.nfs_export_path.clone(),
+            nfs_mount_point: f.nfs_mount_point.clone(),
+            nfs_export_networks: vec![p.lan_network.to_string(), p.zero_network.to_string()],
+            nfs_role,
+            zero_route: (!is_zero).then(|| RoutePlan {
+                network: p.zero_network.to_string(),
+                via: p.controller.lan_address,
+            }),
+            packages: packages(p, node),
+            overlays,
+            vars: node.vars.clone(),
+        }
+    }
+}
+
+impl UserPlan {
+    pub fn of(u: &User) -> UserPlan {
+        UserPlan {
+            name: u.name.clone(),
+            uid: u.uid,
+            sudo: u.sudo,
+            ssh_key_only: u.ssh_key_only,
+            permit_root_login: u.permit_root_login,
+            ssh_authorized_keys: u.ssh_authorized_keys.clone(),
+        }
+    }
+}
+
+impl ControllerPlan {
+    pub fn of(c: &Controller) -> ControllerPlan {
+        ControllerPlan {
+            hostname: c.hostname.clone(),
+            aliases: c.aliases.clone(),
+            lan_address: c.lan_address,
+            zero_address: c.zero_address,
+            nfs_address: c.nfs_address,
+        }
+    }
+}
+
+fn docker_on(p: &Profile, node: &Node) -> bool {
+    let f = &p.features;
+    f.docker
+        && node.docker_override != Some(false)
+        && if node.kind == NodeKind::Usbboot {
+            f.docker_on_zeros
+        } else {
+            node.groups.contains("containers")
+        }
+}
+
+/// `server`, `agent`, or none.
+fn k3s_role(p: &Profile, node: &Node) -> Option<String> {
+    let f = &p.features;
+    if !f.k3s {
+        None
+    } else if f.k3s_server.as_deref() == Some(node.name.as_str()) {
+        Some("server".to_string())
+    } else if node.groups.contains("containers") {
+        Some("agent".to_string())
+    } else {
+        None
+    }
+}
+
+fn slurm_compute(p: &Profile, n: &Node) -> bool {
+    is_slurm_compute(p.features.slurm, p.features.slurm_include_picluster, n)
+}
+
+/// Whether `n` is a Slurm compute node: Zeros are the compute partition;
+/// LAN Pis join only on request. (Also used while the profile is parsed.)
+pub fn is_slurm_compute(slurm: bool, include_picluster: bool, n: &Node) -> bool {
+    slurm
+        && (n.groups.contains("slurm") || n.groups.contains("zerocluster"))
+        && (n.kind == NodeKind::Usbboot || include_picluster)
+}
+
+/// Host names of the Slurm compute nodes of one kind.
+fn slurm_hostnames(p: &Profile, kind: NodeKind) -> Vec<String> {
+    p.nodes
+        .iter()
+        .filter(|n| slurm_compute(p, n) && n.kind == kind)
+        .map(|n| n.hostname.clone())
+        .collect()
+}
+
+fn hosts(p: &Profile, is_zero: bool) -> Vec<HostEntry> {
+    cluster_hosts(
+        p,
+        if is_zero {
+            p.controller.zero_address
+        } else {
+            p.controller.lan_address
+        },
+    )
+}
+
+/// /etc/hosts: the controller at the address the reader reaches it on,
+/// then every node, fully qualified first when the cluster has a domain.
 pub fn cluster_hosts(p: &Profile, controller_address: Ipv4Addr) -> Vec<HostEntry> {
-    let c = &p.controller;
     let mut hosts = vec![HostEntry {
         address: controller_address,
-        names: std::iter::once(c.hostname.clone())
-            .chain(c.aliases.iter().cloned())
+        names: std::iter::once(p.controller.hostname.clone())
+            .chain(p.controller.aliases.iter().cloned())
             .collect(),
     }];
     for n in &p.nodes {
@@ -212,202 +371,68 @@ pub fn cluster_hosts(p: &Profile, controller_address: Ipv4Addr) -> Vec<HostEntry
     hosts
 }
 
-impl UserPlan {
-    pub fn new(p: &Profile) -> UserPlan {
-        UserPlan {
-            name: p.user.name.clone(),
-            uid: p.user.uid,
-            sudo: p.user.sudo,
-            ssh_key_only: p.user.ssh_key_only,
-            permit_root_login: p.user.permit_root_login,
-            ssh_authorized_keys: p.user.ssh_authorized_keys.clone(),
+/// Base packages, then each group's extras, then the host's, each once.
+fn packages(p: &Profile, node: &Node) -> Vec<String> {
+    let mut packages: Vec<String> = Vec::new();
+    let mut add = |list: &[String]| {
+        for pk in list {
+            if !packages.contains(pk) {
+                packages.push(pk.clone());
+            }
+        }
+    };
+    add(&p.packages_base);
+    for (g, list) in &p.packages_extra {
+        if node.groups.contains(g) {
+            add(list);
         }
     }
+    add(&node.extra_packages);
+    packages
 }
 
-impl ControllerPlan {
-    pub fn new(p: &Profile) -> ControllerPlan {
-        let c = &p.controller;
-        ControllerPlan {
-            hostname: c.hostname.clone(),
-            aliases: c.aliases.clone(),
-            lan_address: c.lan_address,
-            zero_address: c.zero_address,
-            nfs_address: c.nfs_address,
+fn usbboot(p: &Profile, node: &Node) -> Option<UsbbootPlan> {
+    node.slot.map(|n| {
+        let nfs_address = Ipv4Addr::from(u32::from(p.nfs_network.network()) + n as u32);
+        UsbbootPlan {
+            slot: n,
+            pname: format!("p{n}"),
+            nfs_dir: format!("/var/lib/clusterctrl/nfs/p{n}"),
+            nfs_address,
+            cmdline_nfsroot: format!(
+                "nfsroot={ctl}:/var/lib/clusterctrl/nfs/p{n} rw ip={nfs_address}:{ctl}::{mask}:p{n}:usb0.10:static",
+                ctl = p.controller.nfs_address,
+                mask = p.nfs_network.netmask(),
+            ),
+        }
+    })
+}
+
+/// Overlay layers in precedence order: common, kind, groups, the features
+/// that are on, host.
+fn overlays(node: &Node, features: &[(bool, &str)]) -> Vec<String> {
+    let mut overlays = vec!["common".to_string()];
+    overlays.push(format!(
+        "kind/{}",
+        match node.kind {
+            NodeKind::Usbboot => "usbboot",
+            NodeKind::Sd => "sd",
+        }
+    ));
+    for g in &node.groups {
+        overlays.push(format!("group/{g}"));
+    }
+    for (on, name) in features {
+        if *on {
+            overlays.push(format!("feature/{name}"));
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RoutePlan {
-    pub network: String,
-    pub via: Ipv4Addr,
-}
-
-impl NodePlan {
-    pub fn new(p: &Profile, node: &super::Node) -> NodePlan {
-        let f = &p.features;
-        let in_group = |g: &str| node.groups.contains(g);
-        let is_zero = node.kind == NodeKind::Usbboot;
-        let docker = f.docker
-            && node.docker_override != Some(false)
-            && if is_zero {
-                f.docker_on_zeros
-            } else {
-                in_group("containers")
-            };
-        let k3s_role = if !f.k3s {
-            None
-        } else if f.k3s_server.as_deref() == Some(node.name.as_str()) {
-            Some("server".to_string())
-        } else if in_group("containers") {
-            Some("agent".to_string())
-        } else {
-            None
-        };
-        let k3s_server_url = f
-            .k3s_server
-            .as_ref()
-            .filter(|_| k3s_role.is_some())
-            .and_then(|s| p.server_address(s, node.kind))
-            .map(|a| format!("https://{a}:6443"));
-        let nfs_role = match &f.nfs_server {
-            Some(s) if s == &node.name => Some("server".to_string()),
-            Some(_) => Some("client".to_string()),
-            None => None,
-        };
-        let nfs_server_address = f
-            .nfs_server
-            .as_ref()
-            .and_then(|s| p.server_address(s, node.kind));
-        let slurm_compute = |n: &super::Node| slurm_compute(f.slurm, f.slurm_include_picluster, n);
-        let (slurm_nodes, slurm_partitions) = slurm_layout(p);
-        let names_where = |pred: &dyn Fn(&super::Node) -> bool| -> Vec<String> {
-            p.nodes
-                .iter()
-                .filter(|n| slurm_compute(n) && pred(n))
-                .map(|n| n.hostname.clone())
-                .collect()
-        };
-        let slurm_zero_nodes = names_where(&|n| n.kind == NodeKind::Usbboot);
-        let slurm_pi_nodes = names_where(&|n| n.kind == NodeKind::Sd);
-        let slurm = slurm_compute(node);
-        let munge = slurm || in_group("munge");
-
-        let hosts = cluster_hosts(
-            p,
-            if is_zero {
-                p.controller.zero_address
-            } else {
-                p.controller.lan_address
-            },
-        );
-
-        let mut packages: Vec<String> = Vec::new();
-        let mut add = |list: &[String]| {
-            for pk in list {
-                if !packages.contains(pk) {
-                    packages.push(pk.clone());
-                }
-            }
-        };
-        add(&p.packages_base);
-        for (g, list) in &p.packages_extra {
-            if in_group(g) {
-                add(list);
-            }
-        }
-        add(&node.extra_packages);
-
-        let usbboot = node.slot.map(|n| {
-            let nfs_address = Ipv4Addr::from(u32::from(p.nfs_network.network()) + n as u32);
-            UsbbootPlan {
-                slot: n,
-                pname: format!("p{n}"),
-                nfs_dir: format!("/var/lib/clusterctrl/nfs/p{n}"),
-                nfs_address,
-                cmdline_nfsroot: format!(
-                    "nfsroot={ctl}:/var/lib/clusterctrl/nfs/p{n} rw ip={nfs_address}:{ctl}::{mask}:p{n}:usb0.10:static",
-                    ctl = p.controller.nfs_address,
-                    mask = p.nfs_network.netmask(),
-                ),
-            }
-        });
-
-        let mut overlays = vec!["common".to_string()];
-        overlays.push(format!(
-            "kind/{}",
-            match node.kind {
-                NodeKind::Usbboot => "usbboot",
-                NodeKind::Sd => "sd",
-            }
-        ));
-        for g in &node.groups {
-            overlays.push(format!("group/{g}"));
-        }
-        let mut feat = |on: bool, name: &str| {
-            if on {
-                overlays.push(format!("feature/{name}"));
-            }
-        };
-        feat(munge, "munge");
-        feat(slurm, "slurm");
-        feat(docker, "docker");
-        feat(k3s_role.is_some(), "k3s");
-        feat(nfs_role.as_deref() == Some("server"), "nfs-server");
-        feat(nfs_role.as_deref() == Some("client"), "nfs-client");
-        overlays.push(format!("host/{}", node.name));
-
-        NodePlan {
-            cluster: p.name.clone(),
-            name: node.name.clone(),
-            hostname: node.hostname.clone(),
-            kind: node.kind,
-            model: node.model,
-            architecture: p.base.architecture,
-            cpus: node.cpus,
-            memory_mb: node.memory_mb,
-            address: node.address,
-            netmask_bits: if is_zero {
-                p.zero_network.prefix_len()
-            } else {
-                p.lan_network.prefix_len()
-            },
-            groups: node.groups.iter().cloned().collect(),
-            boot_dir: p.base.boot_dir.clone(),
-            timezone: p.timezone.clone(),
-            user: UserPlan::new(p),
-            controller: ControllerPlan::new(p),
-            usbboot,
-            hosts,
-            munge,
-            slurm,
-            slurm_nodes,
-            slurm_zero_nodes,
-            slurm_pi_nodes,
-            slurm_partitions,
-            docker,
-            k3s_server_url,
-            k3s_airgap: p.features.k3s_airgap_dir.is_some() && k3s_role.is_some(),
-            k3s_role,
-            nfs_server_address,
-            nfs_export_path: f.nfs_export_path.clone(),
-            nfs_mount_point: f.nfs_mount_point.clone(),
-            nfs_export_networks: vec![p.lan_network.to_string(), p.zero_network.to_string()],
-            nfs_role,
-            zero_route: (!is_zero).then(|| RoutePlan {
-                network: p.zero_network.to_string(),
-                via: p.controller.lan_address,
-            }),
-            packages,
-            overlays,
-            vars: node.vars.clone(),
-        }
-    }
+    overlays.push(format!("host/{}", node.name));
+    overlays
 }
 
 impl Profile {
-    pub fn plan(&self, node: &super::Node) -> NodePlan {
+    pub fn plan(&self, node: &Node) -> NodePlan {
         NodePlan::new(self, node)
     }
 

@@ -2,14 +2,16 @@
 //!
 //! Every struct denies unknown keys, so a typo is an error that names the
 //! line instead of a setting silently ignored. The doc comments here are the
-//! profile reference (`chbuild profile-reference` prints them).
+//! profile reference: `DocumentedFields` makes them constants of each type,
+//! which `reference.rs` renders (`chbuild profile-reference` prints it).
 
+use documented::DocumentedFields;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
 
 /// A whole cluster profile.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawProfile {
     /// Cluster-wide settings: name and networks.
@@ -39,13 +41,14 @@ pub struct RawProfile {
     pub secrets: RawSecrets,
     /// The nodes chbuild builds.
     #[serde(rename = "node", default)]
+    #[documented_fields(rename = "node")]
     pub nodes: Vec<RawNode>,
     /// Extra overlay directory of this profile (highest precedence),
     /// relative to the profile file.
     pub overlay_dir: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     /// Cluster name; output goes to `images/out/<name>/`.
@@ -68,7 +71,7 @@ fn default_timezone() -> String {
     "Etc/UTC".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawController {
     /// Host name of the controller.
@@ -106,7 +109,7 @@ fn default_controller_partition() -> Spanned<String> {
 
 /// An extra Slurm partition (`slurm_partitions_extra` in the reference
 /// setup).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawPartition {
     /// Partition name.
@@ -116,7 +119,7 @@ pub struct RawPartition {
 }
 
 /// Source of the base root filesystem.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawBase {
     /// `archive` (a local tar file), `url` (downloaded and checked), or
@@ -162,7 +165,7 @@ fn default_boot_dir() -> Spanned<String> {
     Spanned::new(0..0, "boot/firmware".into())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawUser {
     /// Login name.
@@ -196,7 +199,7 @@ fn default_uid() -> u32 {
     1000
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawFeatures {
     /// Generate Slurm configuration for the `slurm` group.
@@ -237,7 +240,7 @@ fn default_nfs_path() -> String {
     "/opt/data".into()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawPackages {
     /// Installed on every node.
@@ -248,7 +251,7 @@ pub struct RawPackages {
     pub extra: BTreeMap<Spanned<String>, Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawTree {
     /// Top-level directories hardlinked from the base (read-mostly).
@@ -274,7 +277,7 @@ fn default_link() -> Vec<Spanned<String>> {
     .collect()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawSecrets {
     /// Directory of secrets (munge key, k3s token, host keys), relative to
@@ -282,7 +285,7 @@ pub struct RawSecrets {
     pub dir: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawNode {
     /// Inventory name (z1, p5...), used on the command line.
@@ -305,7 +308,7 @@ pub struct RawNode {
     pub overrides: RawOverrides,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawOverrides {
     /// Extra packages for this host only.
