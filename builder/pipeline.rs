@@ -146,7 +146,7 @@ pub fn build_tree(
     public: Option<&mut Vec<SecretFile>>,
 ) -> Result<()> {
     let started = Instant::now();
-    crate::tree::remove_tree(dest)?;
+    crate::fs::remove_tree(dest)?;
     let stats = crate::tree::compose(&base.root, dest, &profile.link_dirs)
         .with_context(|| format!("composing the tree of {}", plan.name))?;
     let overlays = Overlays::builtin()?;
@@ -377,17 +377,11 @@ fn swap_tree(new: &Path, dest: &Path) -> Result<()> {
             ".{}.old",
             dest.file_name().unwrap().to_string_lossy()
         ));
-        crate::tree::remove_tree(&old)?;
-        nix::fcntl::renameat2(
-            None,
-            new,
-            None,
-            dest,
-            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-        )
-        .with_context(|| format!("swapping {} into place", dest.display()))?;
+        crate::fs::remove_tree(&old)?;
+        crate::fs::exchange(new, dest)
+            .with_context(|| format!("swapping {} into place", dest.display()))?;
         std::fs::rename(new, &old).with_context(|| format!("renaming {}", new.display()))?;
-        crate::tree::remove_tree(&old)
+        crate::fs::remove_tree(&old)
     } else {
         std::fs::rename(new, dest)
             .with_context(|| format!("renaming {} into place", dest.display()))
@@ -534,7 +528,7 @@ pub fn sd_image(
     build_tree(profile, &plan, &base, &secrets, &tree, epoch, public)?;
     let started = Instant::now();
     let built = crate::disk::build_sd_image(&plan, &tree, &layout, image_path, epoch as u64);
-    crate::tree::remove_tree(&tree)?;
+    crate::fs::remove_tree(&tree)?;
     let built = built?;
     tracing::info!(
         "{node}: {} ({} MiB) in {:.1?}",
@@ -626,7 +620,7 @@ pub fn release(
     }
     // Trees are for local deploys; a release ships tarballs.
     for n in &mut manifest.nodes {
-        crate::tree::remove_tree(&out.join(&n.tree))?;
+        crate::fs::remove_tree(&out.join(&n.tree))?;
     }
     manifest.save(out)?;
     if let Some(bundle) = secrets_bundle {

@@ -7,13 +7,12 @@
 //! `CHBUILD_UPDATE_SNAPSHOTS=1` accepts it.
 
 mod common;
-mod snapshot_support;
 
 use common::{build_with_secrets, extracted, PI_FIXTURE};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const NODES: [&str; 9] = ["z1", "z2", "z3", "z4", "p1", "p2", "p3", "p4", "p5"];
 
@@ -59,13 +58,11 @@ fn rendered_role_files_match_the_snapshots() {
     // `source_date_epoch` come from here; the hash from the fixed secrets.
     std::env::set_var("SOURCE_DATE_EPOCH", "1700000000");
     std::env::remove_var("CHBUILD_PASSWORD_HASH");
-    let secrets = snapshot_support::snapshots_dir().join("secrets");
+    let snapshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    let secrets = snapshots.join("secrets");
     let built = build_with_secrets(&base, "snapshot", &NODES, Some(&secrets), |_, _| {});
     for node in NODES {
         let snap = node_snapshot(built.tree(node), &built.written[node]);
-        snapshot_support::assert_dir(
-            &snapshot_support::snapshots_dir().join("roles").join(node),
-            &snap,
-        );
+        common::compare_or_update_dir(&snapshots.join("roles").join(node), &snap);
     }
 }

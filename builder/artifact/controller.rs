@@ -7,7 +7,8 @@
 //! root maps to the controller's own ids when extracting
 //! (`tar -xpf clusterhat.tar.zst -C /`).
 
-use super::{create_dir_private, sha256_file, tmp_sibling, Manifest, MANIFEST};
+use super::{create_dir_private, sha256_file, Manifest, MANIFEST};
+use crate::fs::{Durability, Inode, NewFile};
 use crate::overlay::write::{Owner, TreeWriter};
 use crate::pipeline::Format;
 use crate::profile::Profile;
@@ -74,8 +75,8 @@ pub fn image(profile: &Profile, out: &Path, format: Format) -> Result<Controller
 
     // The tree: built beside its final place, then swapped in.
     let tree = out.join(&name);
-    let tmp = tmp_sibling(&tree);
-    crate::tree::remove_tree(&tmp)?;
+    let tmp = out.join(format!(".{name}.tmp"));
+    crate::fs::remove_tree(&tmp)?;
     fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut w = TreeWriter::new(&tmp)?;
     for f in &files {
@@ -85,7 +86,7 @@ pub fn image(profile: &Profile, out: &Path, format: Format) -> Result<Controller
         }
     }
     crate::tree::clamp_mtimes(&tmp, epoch)?;
-    crate::tree::remove_tree(&tree)?;
+    crate::fs::remove_tree(&tree)?;
     fs::rename(&tmp, &tree).with_context(|| format!("renaming {} into place", tree.display()))?;
     tracing::info!("{name}: controller overlay, {} entries", files.len());
 
@@ -165,9 +166,10 @@ fn write_tarball(files: &[Owned], out: &Path, epoch: i64) -> Result<(String, u64
     entries.extend(files.iter().map(|f| (f.path.clone(), Some(f))));
     entries.sort_by(|a, b| a.0.cmp(&b.0));
 
-    let tmp = tmp_sibling(out);
-    let file = super::create_private_file(&tmp)?;
-    let enc = zstd::Encoder::new(file, 3)?;
+    // Owner-only: the tarball carries the munge key and the k3s token.
+    let new = NewFile::create(out, Inode::new(0o600, Durability::Publish))?;
+    let tmp = new.path().to_path_buf();
+    let enc = zstd::Encoder::new(new.file(), 3)?;
     let mut b = tar::Builder::new(enc);
     for (path, owned) in &entries {
         let mut h = tar::Header::new_gnu();
@@ -201,10 +203,9 @@ fn write_tarball(files: &[Owned], out: &Path, epoch: i64) -> Result<(String, u64
         .with_context(|| format!("writing {}", tmp.display()))?
         .finish()
         .with_context(|| format!("finishing {}", tmp.display()))?;
-    f.flush()?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", tmp.display()))?;
-    fs::rename(&tmp, out).with_context(|| format!("renaming {} into place", out.display()))?;
+    f.flush()
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    new.commit()?;
     let size = fs::metadata(out)
         .with_context(|| format!("reading {}", out.display()))?
         .len();

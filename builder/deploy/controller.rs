@@ -296,7 +296,7 @@ fn save_rollback(root: &Path, w: &TreeWriter, changed: &[&Owned]) -> Result<()> 
     let parent = dir.parent().expect("has a parent");
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let tmp = parent.join(".rollback.new");
-    crate::tree::remove_tree(&tmp)?;
+    crate::fs::remove_tree(&tmp)?;
     fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     // The set holds the munge key and the k3s token.
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700))
@@ -348,7 +348,7 @@ fn save_rollback(root: &Path, w: &TreeWriter, changed: &[&Owned]) -> Result<()> 
     let json = serde_json::to_vec_pretty(&state)?;
     fs::write(tmp.join(STATE), json)
         .with_context(|| format!("writing {}", tmp.join(STATE).display()))?;
-    crate::tree::remove_tree(&dir)?;
+    crate::fs::remove_tree(&dir)?;
     fs::rename(&tmp, &dir).with_context(|| format!("renaming {} into place", dir.display()))?;
     Ok(())
 }

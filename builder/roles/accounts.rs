@@ -1,6 +1,10 @@
 //! The tree's account database (`etc/passwd`, `shadow`, `group`,
 //! `gshadow`), read and written offline. Owners in a tree always come from
 //! here, never from the build machine's own users.
+//!
+//! These files stay Rust edits, not templates: they are the base's own
+//! files, and what chbuild changes in them (which rows to add, rename or
+//! extend) is a decision on existing content, not content of its own.
 
 use crate::overlay::write::{Owner, TreeWriter};
 use anyhow::{bail, Context, Result};

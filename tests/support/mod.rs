@@ -72,3 +72,32 @@ pub fn compare_or_update(path: &Path, actual: &[u8]) {
         path.display()
     );
 }
+
+/// [`compare_or_update`] for a directory of snapshot files: `actual` maps
+/// paths under `dir` to their expected bytes; a file in `dir` that is no
+/// longer produced fails the comparison (and is removed when updating).
+pub fn compare_or_update_dir(
+    dir: &Path,
+    actual: &std::collections::BTreeMap<std::path::PathBuf, Vec<u8>>,
+) {
+    let updating = std::env::var(UPDATE_SNAPSHOTS).is_ok_and(|v| v == "1");
+    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let Ok(e) = e else { continue };
+        let rel = e.path().strip_prefix(dir).unwrap();
+        if !e.file_type().is_file() || actual.contains_key(rel) {
+            continue;
+        }
+        if updating {
+            std::fs::remove_file(e.path())
+                .unwrap_or_else(|err| panic!("removing {}: {err}", e.path().display()));
+        } else {
+            panic!(
+                "snapshot {} is no longer produced (run with {UPDATE_SNAPSHOTS}=1 to remove it)",
+                e.path().display()
+            );
+        }
+    }
+    for (rel, data) in actual {
+        compare_or_update(&dir.join(rel), data);
+    }
+}
