@@ -643,19 +643,34 @@ fn deploy_controller_owners_idempotence_and_rollback() {
     let _ = fs::remove_dir_all(root.parent().unwrap());
 }
 
+/// A deploy that fails saying `says`, with every owned path as before and
+/// no rollback set; the copy is removed.
+fn fails_changing_nothing(root: &Path, apt: &str, before: &Snapshot, says: &[&str]) {
+    let o = deploy(root, apt, &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    for s in says {
+        assert!(t.contains(s), "{s}: {t}");
+    }
+    assert_eq!(&snapshot(root, &OWNED), before, "a file changed");
+    assert!(!root.join("var/lib/chbuild/controller/rollback").exists());
+    let _ = fs::remove_dir_all(root.parent().unwrap());
+}
+
 #[test]
 fn a_failing_package_install_changes_no_file() {
     let Some((root, apt, before)) = deploy_setup("apt-fails", true) else {
         return;
     };
-    let o = deploy(&root, apt, &[]);
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains("Unable to locate package slurmctld"), "{t}");
-    assert!(t.contains("installing slurmctld slurmd"), "{t}");
-    assert_eq!(snapshot(&root, &OWNED), before, "a file changed");
-    assert!(!root.join("var/lib/chbuild/controller/rollback").exists());
-    let _ = fs::remove_dir_all(root.parent().unwrap());
+    fails_changing_nothing(
+        &root,
+        apt,
+        &before,
+        &[
+            "Unable to locate package slurmctld",
+            "installing slurmctld slurmd",
+        ],
+    );
 }
 
 /// An owner that does not resolve (no admin user on this controller) stops
@@ -672,13 +687,7 @@ fn an_unknown_owner_changes_no_file() {
         text_now.replace("pi:x:1000:1000:pi:/home/pi:/bin/bash\n", ""),
     )
     .unwrap();
-    let o = deploy(&root, apt, &[]);
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains("user `pi` does not exist"), "{t}");
-    assert_eq!(snapshot(&root, &OWNED), before, "a file changed");
-    assert!(!root.join("var/lib/chbuild/controller/rollback").exists());
-    let _ = fs::remove_dir_all(root.parent().unwrap());
+    fails_changing_nothing(&root, apt, &before, &["user `pi` does not exist"]);
 }
 
 #[test]

@@ -304,43 +304,30 @@ fn save_rollback(root: &Path, w: &TreeWriter, changed: &[&Owned]) -> Result<()> 
     let mut saved = Vec::new();
     for f in changed {
         let host = w.host_path(&f.path)?;
-        let entry = match fs::symlink_metadata(&host) {
-            Ok(m) if m.is_file() && f.content.is_some() => {
+        let meta = fs::symlink_metadata(&host).ok();
+        match &meta {
+            Some(m) if m.is_file() && f.content.is_some() => {
                 let copy = tmp.join("files").join(&f.path);
                 fs::create_dir_all(copy.parent().expect("has a parent"))
                     .with_context(|| format!("creating {}", copy.display()))?;
                 fs::copy(&host, &copy)
                     .with_context(|| format!("saving {} to {}", host.display(), copy.display()))?;
-                Saved {
-                    path: f.path.clone(),
-                    existed: true,
-                    mode: m.mode() & 0o7777,
-                    uid: m.uid(),
-                    gid: m.gid(),
-                    restarts: f.restarts.clone(),
-                }
             }
-            Ok(m) if m.is_dir() && f.content.is_none() => Saved {
-                path: f.path.clone(),
-                existed: true,
-                mode: m.mode() & 0o7777,
-                uid: m.uid(),
-                gid: m.gid(),
-                restarts: f.restarts.clone(),
-            },
-            Ok(_) => bail!(
+            Some(m) if m.is_dir() && f.content.is_none() => {}
+            Some(_) => bail!(
                 "{} exists but is not a {}",
                 host.display(),
                 if f.is_dir() { "directory" } else { "file" }
             ),
-            Err(_) => Saved {
-                path: f.path.clone(),
-                existed: false,
-                mode: 0,
-                uid: 0,
-                gid: 0,
-                restarts: f.restarts.clone(),
-            },
+            None => {}
+        }
+        let entry = Saved {
+            path: f.path.clone(),
+            existed: meta.is_some(),
+            mode: meta.as_ref().map_or(0, |m| m.mode() & 0o7777),
+            uid: meta.as_ref().map_or(0, |m| m.uid()),
+            gid: meta.as_ref().map_or(0, |m| m.gid()),
+            restarts: f.restarts.clone(),
         };
         saved.push((entry, f.is_dir()));
     }
