@@ -196,6 +196,7 @@ pub fn image(
             base_digest: base.digest.clone(),
             source_date_epoch: epoch,
             nodes: vec![],
+            controller: None,
         });
     if manifest.base_digest != base.digest || manifest.source_date_epoch != epoch {
         // Another base or epoch: every entry describes stale trees.
@@ -305,10 +306,7 @@ pub fn image(
 /// The output directory holds node trees and tarballs with secrets in
 /// them: only its owner may enter it.
 fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod {}", dir.display()))
+    artifact::create_dir_private(dir)
 }
 
 /// Build one node: tree, tarball, swap into place; return its entry.

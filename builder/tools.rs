@@ -146,6 +146,33 @@ pub fn command<S: AsRef<OsStr>>(program: S) -> Command {
     Command::new(program)
 }
 
+/// Install Debian packages on the system at `root` with apt-get: directly
+/// on `/`, through `chroot` under another root (a mounted card). The
+/// program is `$CHBUILD_APT_GET` when set (a wrapper, or a stand-in in
+/// tests; under another root it is a path inside that root), else
+/// `apt-get`. A non-zero exit is an error carrying apt's stderr.
+pub fn apt_install(root: &Path, packages: &[String]) -> Result<()> {
+    let apt = std::env::var("CHBUILD_APT_GET").unwrap_or_else(|_| "apt-get".into());
+    let mut cmd = if root == Path::new("/") {
+        Command::new(&apt)
+    } else {
+        let mut c = Command::new("chroot");
+        c.arg(root).arg(&apt);
+        c
+    };
+    cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "--no-install-recommends", "--"])
+        .args(packages);
+    run(&mut cmd)?;
+    Ok(())
+}
+
+/// `systemctl ARGS` on the running system.
+pub fn systemctl(args: &[&str]) -> Result<()> {
+    run(Command::new("systemctl").args(args))?;
+    Ok(())
+}
+
 /// Check that binfmt_misc can run binaries of a foreign architecture, and
 /// say exactly what to run when it cannot.
 pub fn check_foreign_arch(qemu_name: &str) -> Result<()> {

@@ -217,7 +217,7 @@ fn unknown_k3s_server_is_refused() {
         "k3s_server = \"p9\"",
         "k3s_server",
         "features.k3s_server",
-        "node `p9` does not exist",
+        "`p9` is neither a node nor the controller",
     );
 }
 

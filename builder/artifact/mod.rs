@@ -1,6 +1,7 @@
 //! Artifacts: node trees as deterministic tar.zst, `manifest.json` and
 //! `SHA256SUMS`. Same tree and epoch give byte-identical tarballs.
 
+pub mod controller;
 pub mod public;
 
 use crate::fs::{Durability, Inode, NewFile};
@@ -72,6 +73,9 @@ pub struct Manifest {
     pub base_digest: String,
     pub source_date_epoch: i64,
     pub nodes: Vec<NodeArtifact>,
+    /// The controller's overlay (`chbuild image <controller>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<controller::ControllerArtifact>,
 }
 
 impl Manifest {
@@ -100,6 +104,9 @@ impl Manifest {
     /// Every file the manifest vouches for, with its sha256.
     pub fn files(&self) -> Vec<(String, String)> {
         let mut out = vec![];
+        if let Some(c) = &self.controller {
+            out.push((c.tarball.clone(), c.sha256.clone()));
+        }
         for n in &self.nodes {
             if let (Some(t), Some(h)) = (&n.tarball, &n.sha256) {
                 out.push((t.clone(), h.clone()));
@@ -159,6 +166,14 @@ pub fn verify(dir: &Path) -> Result<Vec<String>> {
         );
     }
     Ok(files.into_iter().map(|(n, _)| n).collect())
+}
+
+/// The output directory: 0700, the trees carry secrets.
+pub fn create_dir_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod {}", dir.display()))
 }
 
 /// Write a published file (manifest, sums, stamps) as a new inode.
@@ -384,6 +399,7 @@ mod tests {
             profile: "p.toml".into(),
             base_digest: "b".into(),
             source_date_epoch: 1,
+            controller: None,
             nodes: vec![NodeArtifact {
                 name: "z1".into(),
                 hostname: "z1".into(),

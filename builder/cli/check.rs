@@ -33,6 +33,7 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
             "cluster": p.name,
             "base": p.base,
             "secrets_dir": p.secrets_dir,
+            "controller": p.controller_plan(),
             "nodes": plans.iter().map(|pl| serde_json::json!({
                 "name": pl.name,
                 "hostname": pl.hostname,
@@ -64,6 +65,7 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
         p.controller.lan_address,
         p.controller.zero_address
     )?;
+    super::controller::write_plan(&mut o, &p.controller_plan())?;
     for pl in &plans {
         writeln!(
             o,

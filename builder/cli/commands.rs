@@ -109,7 +109,14 @@ fn secrets_init(cli: &Cli, force: bool) -> Result<()> {
 
 fn image(cli: &Cli, args: &ImageArgs) -> Result<()> {
     let p = load(cli)?;
-    let nodes = select(&p, &args.nodes)?;
+    let (controller, rest) = super::controller::split(&p, &args.nodes);
+    if controller {
+        super::controller::image(cli, &p, args)?;
+        if rest.is_empty() {
+            return Ok(());
+        }
+    }
+    let nodes = select(&p, &rest)?;
     let out = args
         .output
         .clone()

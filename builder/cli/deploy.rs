@@ -8,6 +8,9 @@ use anyhow::Result;
 
 pub fn deploy(cli: &Cli, args: &DeployArgs) -> Result<()> {
     let p = load(cli)?;
+    if args.controller {
+        return super::controller::deploy(cli, &p, args);
+    }
     let json = cli.global.json;
     let reports = crate::deploy::run(&p, &args.options(), &mut |event| {
         print_deploy_event(event, json)
@@ -63,5 +66,8 @@ fn print_deploy_event(event: Event, json: bool) {
 
 pub fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<()> {
     let p = load(cli)?;
+    if super::controller::names_controller(&p, &args.nodes)? {
+        return super::controller::rollback(cli, args);
+    }
     crate::deploy::rollback(&p, &args.options())
 }

@@ -3,6 +3,7 @@
 
 mod check;
 mod commands;
+mod controller;
 mod deploy;
 
 use clap::{Args, Parser, Subcommand};
@@ -269,6 +270,10 @@ impl SdArgs {
 pub struct DeployArgs {
     /// Zero nodes to deploy (default: every usbboot node)
     pub nodes: Vec<String>,
+    /// Deploy the controller's own files (Slurm controller, munge key,
+    /// hosts, SSH config...) on this machine, installing missing packages
+    #[arg(long, conflicts_with_all = ["nodes", "bundle", "uninstall"])]
+    pub controller: bool,
     /// Deploy under this prefix instead of /
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
@@ -314,7 +319,8 @@ pub struct DeployArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    /// Zero nodes to roll back
+    /// Zero nodes to roll back, or the controller's name for the files of
+    /// the last `deploy --controller`
     #[arg(required = true)]
     pub nodes: Vec<String>,
     /// Deployed under this prefix instead of /

@@ -9,6 +9,7 @@
 //! it and stops.
 
 pub mod clusterctrl;
+pub mod controller;
 pub mod listing;
 pub mod lock;
 mod remove;

@@ -389,9 +389,42 @@ struct Entry<'a> {
     group: String,
 }
 
+/// One file or directory of the layers, rendered: its tree path, content
+/// (none for a directory), mode, and owner and group as names.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub path: PathBuf,
+    pub content: Option<Vec<u8>>,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    /// `overlay <layer>: <path>`, for messages.
+    pub what: String,
+}
+
 /// Lay the layers over the tree, later layers winning by tree path.
-/// Returns nothing: the writer records paths.
+/// Directories are created when missing, never changed. Returns nothing:
+/// the writer records paths.
 pub fn apply_layers(w: &mut TreeWriter, ctx: &serde_json::Value, layers: &[Layer]) -> Result<()> {
+    let rendered = render_layers(ctx, layers)?;
+    // Owners are names in the tree, read after the roles created users.
+    let accounts = Accounts::load(w)?;
+    for r in &rendered {
+        let owner = accounts
+            .owner(&r.owner, &r.group)
+            .with_context(|| r.what.clone())?;
+        match &r.content {
+            None if w.exists(&r.path) => {}
+            None => w.mkdir(&r.path, r.mode, owner)?,
+            Some(data) => w.write(&r.path, data, r.mode, owner)?,
+        }
+    }
+    Ok(())
+}
+
+/// Render the layers without writing anything: directories first, then
+/// files, each sorted by tree path, later layers winning by path.
+pub fn render_layers(ctx: &serde_json::Value, layers: &[Layer]) -> Result<Vec<Rendered>> {
     let env = environment();
     let attr_text = |s: &str, what: &str| -> Result<String> {
         env.render_str(s, ctx)
@@ -479,31 +512,36 @@ pub fn apply_layers(w: &mut TreeWriter, ctx: &serde_json::Value, layers: &[Layer
             }
         }
     }
-    // Owners are names in the tree, read after the roles created users.
-    let accounts = Accounts::load(w)?;
+    let mut out = Vec::new();
     for (rel, e) in &dirs {
         let what = e.layer.what(&e.raw);
-        let owner = accounts
-            .owner(&attr_text(&e.owner, &what)?, &attr_text(&e.group, &what)?)
-            .with_context(|| what.clone())?;
-        if !w.exists(rel) {
-            w.mkdir(rel, e.mode, owner)?;
-        }
+        out.push(Rendered {
+            path: rel.clone(),
+            content: None,
+            mode: e.mode,
+            owner: attr_text(&e.owner, &what)?,
+            group: attr_text(&e.group, &what)?,
+            what,
+        });
     }
     for (rel, e) in &files {
         let what = e.layer.what(&e.raw);
-        let owner = accounts
-            .owner(&attr_text(&e.owner, &what)?, &attr_text(&e.group, &what)?)
-            .with_context(|| what.clone())?;
         let data = if e.template {
             let src = std::str::from_utf8(e.data).expect("checked above");
             render(&format!("{}/{}.j2", e.layer.name, e.raw), src, ctx)?.into_bytes()
         } else {
             e.data.to_vec()
         };
-        w.write(rel, &data, e.mode, owner)?;
+        out.push(Rendered {
+            path: rel.clone(),
+            content: Some(data),
+            mode: e.mode,
+            owner: attr_text(&e.owner, &what)?,
+            group: attr_text(&e.group, &what)?,
+            what,
+        });
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! only reads the file. Raw values (`schema`) and resolved values (`Profile`)
 //! are different types, so nothing downstream sees an unvalidated setting.
 
+pub mod controller;
 pub mod model;
 mod parse;
 pub mod plan;
@@ -115,6 +116,26 @@ pub struct Controller {
     pub zero_address: Ipv4Addr,
     pub nfs_address: Ipv4Addr,
     pub model: Model,
+    /// Also a Slurm compute node, in its own partition.
+    pub slurm_compute: bool,
+    pub slurm_partition: String,
+    pub cpus: u32,
+    pub memory_mb: u32,
+    pub k3s_agent: bool,
+}
+
+impl Controller {
+    /// Whether `name` is the controller's host name or one of its aliases.
+    pub fn is_named(&self, name: &str) -> bool {
+        self.hostname == name || self.aliases.iter().any(|a| a == name)
+    }
+}
+
+/// An extra Slurm partition; `nodes` are Slurm node names (host names).
+#[derive(Debug, Clone, Serialize)]
+pub struct Partition {
+    pub name: String,
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,6 +157,7 @@ pub struct User {
 pub struct Features {
     pub slurm: bool,
     pub slurm_include_picluster: bool,
+    pub slurm_partitions_extra: Vec<Partition>,
     pub docker: bool,
     pub docker_on_zeros: bool,
     pub k3s: bool,

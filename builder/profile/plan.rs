@@ -55,6 +55,79 @@ pub struct SlurmNode {
     pub memory_mb: u32,
 }
 
+/// The Zeros' Slurm partition.
+pub const ZERO_PARTITION: &str = "zero";
+/// The LAN Pis' Slurm partition (as the reference setup names it).
+pub const PI_PARTITION: &str = "picluster";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlurmPartition {
+    pub name: String,
+    /// Slurm node names (host names).
+    pub nodes: Vec<String>,
+    pub default: bool,
+}
+
+/// Slurm's nodes and partitions, the same for every node and the
+/// controller (slurm.conf must be identical everywhere): the controller
+/// first when it computes, in its own partition; the Zeros in `zero`, the
+/// LAN Pis in `picluster`, then the extra partitions.
+pub fn slurm_layout(p: &Profile) -> (Vec<SlurmNode>, Vec<SlurmPartition>) {
+    let f = &p.features;
+    if !f.slurm {
+        return (Vec::new(), Vec::new());
+    }
+    let c = &p.controller;
+    let mut nodes: Vec<SlurmNode> = Vec::new();
+    if c.slurm_compute {
+        nodes.push(SlurmNode {
+            name: c.hostname.clone(),
+            address: c.lan_address,
+            cpus: c.cpus,
+            memory_mb: c.memory_mb,
+        });
+    }
+    nodes.extend(
+        p.nodes
+            .iter()
+            .filter(|n| slurm_compute(p, n))
+            .map(|n| SlurmNode {
+                name: n.hostname.clone(),
+                address: n.address,
+                cpus: n.cpus,
+                memory_mb: n.memory_mb,
+            }),
+    );
+    let mut parts = vec![
+        (
+            ZERO_PARTITION.to_string(),
+            slurm_hostnames(p, NodeKind::Usbboot),
+        ),
+        (PI_PARTITION.to_string(), slurm_hostnames(p, NodeKind::Sd)),
+    ];
+    if c.slurm_compute {
+        parts.push((c.slurm_partition.clone(), vec![c.hostname.clone()]));
+    }
+    parts.extend(
+        f.slurm_partitions_extra
+            .iter()
+            .map(|x| (x.name.clone(), x.nodes.clone())),
+    );
+    let mut out: Vec<SlurmPartition> = Vec::new();
+    for (name, nodes) in parts {
+        if nodes.is_empty() {
+            continue;
+        }
+        let default = out.is_empty();
+        out.push(SlurmPartition {
+            name,
+            nodes,
+            default,
+        });
+    }
+    (nodes, out)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NodePlan {
     pub cluster: String,
@@ -80,6 +153,7 @@ pub struct NodePlan {
     pub slurm_nodes: Vec<SlurmNode>,
     pub slurm_zero_nodes: Vec<String>,
     pub slurm_pi_nodes: Vec<String>,
+    pub slurm_partitions: Vec<SlurmPartition>,
     pub docker: bool,
     /// `server`, `agent`, or none.
     pub k3s_role: Option<String>,
@@ -110,11 +184,12 @@ impl NodePlan {
         let is_zero = node.kind == NodeKind::Usbboot;
         let docker = docker_on(p, node);
         let k3s_role = k3s_role(p, node);
-        let k3s_server_url = f.k3s_server.as_ref().and_then(|s| {
-            p.node(s)
-                .filter(|_| k3s_role.is_some())
-                .map(|n| format!("https://{}:6443", n.address))
-        });
+        let k3s_server_url = f
+            .k3s_server
+            .as_ref()
+            .filter(|_| k3s_role.is_some())
+            .and_then(|s| p.server_address(s, node.kind))
+            .map(|a| format!("https://{a}:6443"));
         let nfs_role = match &f.nfs_server {
             Some(s) if s == &node.name => Some("server".to_string()),
             Some(_) => Some("client".to_string()),
@@ -123,9 +198,9 @@ impl NodePlan {
         let nfs_server_address = f
             .nfs_server
             .as_ref()
-            .and_then(|s| p.node(s))
-            .map(|n| n.address);
+            .and_then(|s| p.server_address(s, node.kind));
         let slurm = slurm_compute(p, node);
+        let (slurm_nodes, slurm_partitions) = slurm_layout(p);
         let munge = slurm || node.groups.contains("munge");
         let overlays = overlays(
             node,
@@ -162,17 +237,8 @@ impl NodePlan {
             hosts: hosts(p, is_zero),
             munge,
             slurm,
-            slurm_nodes: p
-                .nodes
-                .iter()
-                .filter(|n| slurm_compute(p, n))
-                .map(|n| SlurmNode {
-                    name: n.hostname.clone(),
-                    address: n.address,
-                    cpus: n.cpus,
-                    memory_mb: n.memory_mb,
-                })
-                .collect(),
+            slurm_nodes,
+            slurm_partitions,
             slurm_zero_nodes: slurm_hostnames(p, NodeKind::Usbboot),
             slurm_pi_nodes: slurm_hostnames(p, NodeKind::Sd),
             docker,
@@ -196,7 +262,7 @@ impl NodePlan {
 }
 
 impl UserPlan {
-    fn of(u: &User) -> UserPlan {
+    pub fn of(u: &User) -> UserPlan {
         UserPlan {
             name: u.name.clone(),
             uid: u.uid,
@@ -209,7 +275,7 @@ impl UserPlan {
 }
 
 impl ControllerPlan {
-    fn of(c: &Controller) -> ControllerPlan {
+    pub fn of(c: &Controller) -> ControllerPlan {
         ControllerPlan {
             hostname: c.hostname.clone(),
             aliases: c.aliases.clone(),
@@ -245,13 +311,16 @@ fn k3s_role(p: &Profile, node: &Node) -> Option<String> {
     }
 }
 
-/// Whether `n` is a Slurm compute node: Zeros are the compute partition;
-/// LAN Pis join only on request.
 fn slurm_compute(p: &Profile, n: &Node) -> bool {
-    let f = &p.features;
-    f.slurm
+    is_slurm_compute(p.features.slurm, p.features.slurm_include_picluster, n)
+}
+
+/// Whether `n` is a Slurm compute node: Zeros are the compute partition;
+/// LAN Pis join only on request. (Also used while the profile is parsed.)
+pub fn is_slurm_compute(slurm: bool, include_picluster: bool, n: &Node) -> bool {
+    slurm
         && (n.groups.contains("slurm") || n.groups.contains("zerocluster"))
-        && (n.kind == NodeKind::Usbboot || f.slurm_include_picluster)
+        && (n.kind == NodeKind::Usbboot || include_picluster)
 }
 
 /// Host names of the Slurm compute nodes of one kind.
@@ -263,15 +332,22 @@ fn slurm_hostnames(p: &Profile, kind: NodeKind) -> Vec<String> {
         .collect()
 }
 
-/// /etc/hosts: the controller at the address this node reaches it on,
-/// then every node, fully qualified first when the cluster has a domain.
 fn hosts(p: &Profile, is_zero: bool) -> Vec<HostEntry> {
-    let mut hosts = vec![HostEntry {
-        address: if is_zero {
+    cluster_hosts(
+        p,
+        if is_zero {
             p.controller.zero_address
         } else {
             p.controller.lan_address
         },
+    )
+}
+
+/// /etc/hosts: the controller at the address the reader reaches it on,
+/// then every node, fully qualified first when the cluster has a domain.
+pub fn cluster_hosts(p: &Profile, controller_address: Ipv4Addr) -> Vec<HostEntry> {
+    let mut hosts = vec![HostEntry {
+        address: controller_address,
         names: std::iter::once(p.controller.hostname.clone())
             .chain(p.controller.aliases.iter().cloned())
             .collect(),
@@ -358,5 +434,18 @@ fn overlays(node: &Node, features: &[(bool, &str)]) -> Vec<String> {
 impl Profile {
     pub fn plan(&self, node: &Node) -> NodePlan {
         NodePlan::new(self, node)
+    }
+
+    /// Address of a server (a node, or the controller under its host name)
+    /// as a node of `kind` reaches it: Zeros reach the controller on their
+    /// own network.
+    pub fn server_address(&self, server: &str, kind: NodeKind) -> Option<Ipv4Addr> {
+        if self.controller.hostname == server {
+            return Some(match kind {
+                NodeKind::Usbboot => self.controller.zero_address,
+                NodeKind::Sd => self.controller.lan_address,
+            });
+        }
+        self.node(server).map(|n| n.address)
     }
 }

@@ -26,7 +26,7 @@ fn fields<T: DocumentedFields>() -> Vec<Field> {
 }
 
 /// Each TOML table with its keys, in the order the reference lists them.
-fn tables() -> [(&'static str, Vec<Field>); 11] {
+fn tables() -> [(&'static str, Vec<Field>); 12] {
     [
         ("top level", fields::<RawProfile>()),
         ("[cluster]", fields::<RawCluster>()),
@@ -34,6 +34,10 @@ fn tables() -> [(&'static str, Vec<Field>); 11] {
         ("[base]", fields::<RawBase>()),
         ("[user]", fields::<RawUser>()),
         ("[features]", fields::<RawFeatures>()),
+        (
+            "[[features.slurm_partitions_extra]]",
+            fields::<RawPartition>(),
+        ),
         ("[packages]", fields::<RawPackages>()),
         ("[tree]", fields::<RawTree>()),
         ("[secrets]", fields::<RawSecrets>()),

@@ -16,8 +16,9 @@ use toml::Spanned;
 pub struct RawProfile {
     /// Cluster-wide settings: name and networks.
     pub cluster: RawCluster,
-    /// The ClusterHAT controller (the Pi running ClusterCTRL). It is not
-    /// built by chbuild but appears in /etc/hosts and the Slurm config.
+    /// The ClusterHAT controller (the Pi running ClusterCTRL): Slurm
+    /// controller, munge key holder, SSH hub. `chbuild image clusterhat` and
+    /// `chbuild deploy --controller` give it the files chbuild owns.
     pub controller: RawController,
     /// Where the base root filesystem comes from.
     pub base: RawBase,
@@ -86,6 +87,35 @@ pub struct RawController {
     pub nfs_address: Spanned<String>,
     /// Board model (zero, zero2, pi3, pi4, pi5).
     pub model: Spanned<String>,
+    /// Also a Slurm compute node, in a partition of its own (as the
+    /// reference setup has it).
+    #[serde(default = "yes")]
+    pub slurm_compute: bool,
+    /// Name of the controller's own Slurm partition.
+    #[serde(default = "default_controller_partition")]
+    pub slurm_partition: Spanned<String>,
+    /// CPU count given to Slurm instead of the model's default.
+    pub cpus: Option<u32>,
+    /// Memory in MiB given to Slurm instead of the model's default.
+    pub memory_mb: Option<u32>,
+    /// Run a k3s agent on the controller (with `features.k3s`).
+    #[serde(default)]
+    pub k3s_agent: bool,
+}
+
+fn default_controller_partition() -> Spanned<String> {
+    Spanned::new(0..0, "controller".into())
+}
+
+/// An extra Slurm partition (`slurm_partitions_extra` in the reference
+/// setup).
+#[derive(Debug, Deserialize, DocumentedFields)]
+#[serde(deny_unknown_fields)]
+pub struct RawPartition {
+    /// Partition name.
+    pub name: Spanned<String>,
+    /// Member nodes: node names, host names, or the controller.
+    pub nodes: Vec<Spanned<String>>,
 }
 
 /// Source of the base root filesystem.
@@ -176,9 +206,13 @@ pub struct RawFeatures {
     /// Generate Slurm configuration for the `slurm` group.
     #[serde(default)]
     pub slurm: bool,
-    /// Include the LAN Pis (`picluster`) as Slurm compute nodes.
+    /// Include the LAN Pis as Slurm compute nodes (partition `picluster`).
     #[serde(default)]
     pub slurm_include_picluster: bool,
+    /// Extra Slurm partitions: `[[features.slurm_partitions_extra]]` with
+    /// `name` and `nodes`.
+    #[serde(default)]
+    pub slurm_partitions_extra: Vec<RawPartition>,
     /// Install Docker on the `containers` group.
     #[serde(default)]
     pub docker: bool,
@@ -188,7 +222,7 @@ pub struct RawFeatures {
     /// Run k3s: a server on `k3s_server`, agents on the `containers` group.
     #[serde(default)]
     pub k3s: bool,
-    /// Node running the k3s server.
+    /// Node (or the controller) running the k3s server.
     pub k3s_server: Option<Spanned<String>>,
     /// Optional k3s air-gap bundle: directory holding `k3s` and
     /// `k3s-airgap-images-<arch>.tar[.zst]`, relative to the profile.
@@ -196,7 +230,7 @@ pub struct RawFeatures {
     /// k3s release that first boot installs without an air-gap bundle
     /// (`v1.30.4+k3s1`; default: the current stable release).
     pub k3s_version: Option<String>,
-    /// Node serving NFS (exports `nfs_export_path`).
+    /// Node (or the controller) serving NFS (exports `nfs_export_path`).
     pub nfs_server: Option<Spanned<String>>,
     /// Exported directory on the NFS server.
     #[serde(default = "default_nfs_path")]

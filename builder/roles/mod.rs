@@ -18,6 +18,7 @@
 //! tree.
 
 pub mod accounts;
+pub mod controller;
 pub mod docker;
 pub mod firstboot;
 pub mod k3s;

@@ -1,30 +1,24 @@
 //! Slurm: `slurm.conf` and `cgroup.conf` for the compute nodes, generated
 //! from the profile's nodes (identical on every node, as Slurm requires).
 //! The controller is the `SlurmctldHost` under its one host name (Slurm
-//! has no alias key; the aliases live in /etc/hosts). The Zeros form the
-//! `zero` partition; the LAN Pis join (partition `pi`) only with
-//! `slurm_include_picluster`. The files are `overlays/roles/slurm/`.
+//! has no alias key; the aliases live in /etc/hosts) and, unless the
+//! profile says otherwise, a compute node in its own partition. The Zeros
+//! form the `zero` partition; the LAN Pis join (partition `picluster`)
+//! only with `slurm_include_picluster`. The files are
+//! `overlays/roles/slurm/`; the controller renders the same ones.
 
 use super::{enable_or_defer, Pending, RoleCtx, Templates};
 use crate::overlay::write::TreeWriter;
-use crate::profile::plan::NodePlan;
+use crate::profile::plan::SlurmPartition;
 use anyhow::Result;
 use serde_json::{json, Value};
 
 /// What the templates read as `roles.slurm`: the cluster name Slurm sees
-/// and the partitions, the first non-empty one the default.
-pub fn values(plan: &NodePlan) -> Value {
-    let partitions: Vec<Value> = [
-        ("zero", &plan.slurm_zero_nodes),
-        ("pi", &plan.slurm_pi_nodes),
-    ]
-    .into_iter()
-    .filter(|(_, nodes)| !nodes.is_empty())
-    .enumerate()
-    .map(|(i, (name, nodes))| json!({"name": name, "nodes": nodes, "default": i == 0}))
-    .collect();
+/// and the partitions (the first non-empty one the default), the same for
+/// the nodes and the controller.
+pub fn values(cluster: &str, partitions: &[SlurmPartition]) -> Value {
     json!({
-        "cluster_name": plan.cluster.to_lowercase(),
+        "cluster_name": cluster.to_lowercase(),
         "partitions": partitions,
     })
 }
@@ -38,7 +32,11 @@ pub fn apply(
     if !ctx.plan.slurm {
         return Ok(());
     }
-    t.apply(w, "slurm", values(ctx.plan))?;
+    t.apply(
+        w,
+        "slurm",
+        values(&ctx.plan.cluster, &ctx.plan.slurm_partitions),
+    )?;
     pending.packages.push("slurmd".into());
     enable_or_defer(w, pending, "slurmd.service", "multi-user.target")
 }

@@ -47,7 +47,24 @@ pub(super) fn controller(
         zero_address: ctx.addr(&c.zero_address, "controller.zero_address")?,
         nfs_address: ctx.addr(&c.nfs_address, "controller.nfs_address")?,
         model: ctx.model(&c.model, "controller.model")?,
+        slurm_compute: c.slurm_compute,
+        slurm_partition: c.slurm_partition.get_ref().clone(),
+        cpus: 0,
+        memory_mb: 0,
+        k3s_agent: c.k3s_agent,
     };
+    let controller = Controller {
+        cpus: c.cpus.unwrap_or(controller.model.cpus()),
+        memory_mb: c.memory_mb.unwrap_or(controller.model.memory_mb()),
+        ..controller
+    };
+    if !super::nodes::valid_hostname(&controller.hostname) {
+        return Err(ctx.err(
+            c.hostname.span(),
+            "controller.hostname",
+            "must be a valid host name",
+        ));
+    }
     for (addr, net, key, span) in [
         (
             controller.lan_address,

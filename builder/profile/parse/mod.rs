@@ -132,7 +132,7 @@ pub(super) fn parse(
         &groups,
     )?;
     let packages_extra = groups::packages_extra(&ctx, &raw.packages, &groups)?;
-    let features = features::features(&ctx, &raw.features, &nodes)?;
+    let features = features::features(&ctx, &raw.features, &controller, &nodes)?;
     let link_dirs = tree::link_dirs(&ctx, &raw.tree)?;
 
     let profile = Profile {

@@ -74,6 +74,15 @@ fn node(
     if before.iter().any(|n| n.name == nname) {
         return Err(ctx.err(rn.name.span(), &key("name"), "duplicate node name"));
     }
+    if taken.hostnames.get(&nname).map(String::as_str) == Some("the controller") {
+        return Err(ctx.err(
+            rn.name.span(),
+            &key("name"),
+            format!(
+                "`{nname}` is the controller: it is described by [controller], not as a [[node]]"
+            ),
+        ));
+    }
     let kind = match rn.kind.get_ref().as_str() {
         "usbboot" => NodeKind::Usbboot,
         "sd" => NodeKind::Sd,
@@ -248,7 +257,7 @@ pub(super) fn check_features_run(
     Ok(())
 }
 
-fn valid_hostname(s: &str) -> bool {
+pub(super) fn valid_hostname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && !s.starts_with('-')
