@@ -49,7 +49,10 @@ pub fn extracted(fixture: &str, name: &str) -> Option<PathBuf> {
     if dir.join(".complete").exists() {
         return Some(dir);
     }
-    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per thread too: tests of one binary extract in parallel.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.with_extension(format!("tmp{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
     tools::run(
