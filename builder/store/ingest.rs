@@ -197,7 +197,7 @@ pub fn ingest_archive(archive: &Path, dest: &Path, want_md5: bool) -> Result<Ing
         .fill_buf()
         .with_context(|| format!("reading {}", archive.display()))?;
     let compression = Compression::detect(magic).with_context(|| archive.display().to_string())?;
-    let decoder = Decoder::new(compression, raw)?;
+    let decoder = Decoder::new(compression, raw).with_context(context_of(archive))?;
 
     let tree = dest.join(TREE);
     std::fs::create_dir(&tree).with_context(|| format!("creating {}", tree.display()))?;
@@ -237,7 +237,8 @@ pub fn ingest_archive(archive: &Path, dest: &Path, want_md5: bool) -> Result<Ing
     // Trailing bytes after the compressed stream still count in the digest.
     io::copy(&mut raw, &mut io::sink()).with_context(context)?;
     let hashes = raw.into_inner().finish();
-    let skipped = unpacker.finish()?;
+    // Directory metadata is applied last: its errors need the name too.
+    let skipped = unpacker.finish().with_context(context_of(archive))?;
     if skipped.devices + skipped.xattrs > 0 {
         tracing::warn!(
             "not running as root: left out {} device nodes and {} extended attributes",
@@ -252,6 +253,10 @@ pub fn ingest_archive(archive: &Path, dest: &Path, want_md5: bool) -> Result<Ing
         entries,
         size,
     })
+}
+
+fn context_of(archive: &Path) -> impl Fn() -> String + '_ {
+    move || format!("unpacking {}", archive.display())
 }
 
 /// Unpack one entry; returns its manifest record (None for pax globals).
