@@ -160,6 +160,10 @@ pub fn write_bundle(path: &Path, files: &[SecretFile], epoch: i64) -> Result<()>
 
 /// The secret files of one node in a bundle.
 pub fn read_bundle(path: &Path, node: &str) -> Result<Vec<SecretFile>> {
+    read_bundle_entries(path, node).with_context(|| format!("reading {}", path.display()))
+}
+
+fn read_bundle_entries(path: &Path, node: &str) -> Result<Vec<SecretFile>> {
     let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut ar = tar::Archive::new(zstd::Decoder::new(f)?);
     let mut out = vec![];
