@@ -332,7 +332,13 @@ fn entry() -> impl Strategy<Value = Entry> {
     (
         entry_name(),
         kind,
-        prop_oneof![Just(0o644u32), Just(0o755), Just(0), Just(0o7777), 0u32..0o7777],
+        prop_oneof![
+            Just(0o644u32),
+            Just(0o755),
+            Just(0),
+            Just(0o7777),
+            0u32..0o7777
+        ],
         prop::bool::weighted(0.1),
         xattr,
     )
@@ -475,7 +481,12 @@ fn check_ingest(bytes: &[u8]) -> Result<(), TestCaseError> {
                 archive.display()
             );
             let after = snapshot(&store_dir, &[".lock"]);
-            prop_assert_eq!(before_store, after, "the store changed after an error: {:#}", e);
+            prop_assert_eq!(
+                before_store,
+                after,
+                "the store changed after an error: {:#}",
+                e
+            );
         }
     }
     Ok(())
@@ -547,7 +558,10 @@ fn check_profile(bytes: &[u8]) -> Result<(), TestCaseError> {
     let r = chbuild::profile::load_profile(&path);
     prop_assert_eq!(before, snapshot(t.path(), &[]), "loading wrote files");
     if let Err(e) = r {
-        prop_assert!(error_names(&e, &path), "error does not name the profile: {e:#}");
+        prop_assert!(
+            error_names(&e, &path),
+            "error does not name the profile: {e:#}"
+        );
     }
     Ok(())
 }
@@ -587,7 +601,11 @@ fn output_dir(dir: &Path) -> Manifest {
         nodes.push(NodeArtifact {
             name: name.to_string(),
             hostname: name.to_string(),
-            kind: if name.starts_with('z') { NodeKind::Usbboot } else { NodeKind::Sd },
+            kind: if name.starts_with('z') {
+                NodeKind::Usbboot
+            } else {
+                NodeKind::Sd
+            },
             slot: name.starts_with('z').then_some(i as u8 + 1),
             tree: name.to_string(),
             tarball: Some(tarball),
@@ -757,7 +775,11 @@ fn check_bundle(bytes: &[u8]) -> Result<(), TestCaseError> {
             }
         }
     }
-    prop_assert_eq!(before_outside, snapshot(t.path(), &["stage"]), "written outside the tree");
+    prop_assert_eq!(
+        before_outside,
+        snapshot(t.path(), &["stage"]),
+        "written outside the tree"
+    );
     Ok(())
 }
 
@@ -823,7 +845,11 @@ fn check_ansible(hosts: &[u8], vars: &[(String, Vec<u8>)]) -> Result<(), TestCas
     let secrets = t.path().join("secrets");
     let before = snapshot(t.path(), &["secrets"]);
     let r = chbuild::import::import_ansible(&inv, &gv, "clusterhat", &secrets);
-    prop_assert_eq!(before, snapshot(t.path(), &["secrets"]), "written outside the secrets dir");
+    prop_assert_eq!(
+        before,
+        snapshot(t.path(), &["secrets"]),
+        "written outside the secrets dir"
+    );
     if let Err(e) = r {
         let s = format!("{e:#}");
         let named = s.contains(&inv.display().to_string()) || s.contains(&gv.display().to_string());
