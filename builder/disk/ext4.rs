@@ -219,7 +219,7 @@ fn host_short_of(image: &Path, size: u64) -> bool {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     nix::sys::statvfs::statvfs(dir)
-        .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64) < size)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()) < size)
         .unwrap_or(false)
 }
 

@@ -84,14 +84,12 @@ impl Store {
             .write(true)
             .open(&path)
             .with_context(|| format!("creating {}", path.display()))?;
-        if in_use.try_lock_shared().is_err() {
+        if FileExt::try_lock_shared(&in_use).is_err() {
             tracing::info!(
                 "waiting for `chbuild store gc` to finish with {}",
                 dir.display()
             );
-            in_use
-                .lock_shared()
-                .with_context(|| format!("locking {}", path.display()))?;
+            FileExt::lock_shared(&in_use).with_context(|| format!("locking {}", path.display()))?;
         }
         Ok(Store {
             root: dir.to_path_buf(),
