@@ -20,8 +20,6 @@ use std::path::Path;
 
 /// The journal of a commit in progress.
 pub const JOURNAL: &str = ".chbuild-commit";
-/// Held (exclusively) by whoever writes into the directory.
-pub const LOCK: &str = ".chbuild-lock";
 /// Prefix of every staged name: whatever carries it and is not in a
 /// journal is a leftover of an interrupted run.
 pub const STAGED: &str = ".chbuild-";
@@ -32,19 +30,15 @@ pub fn staged(name: &str) -> String {
 }
 
 /// Lock `dir` for writing: a second chbuild writing there waits, saying so.
+/// The lock is on the directory itself, so a release directory holds
+/// nothing but its artifacts.
 pub fn lock(dir: &Path) -> Result<File> {
     use fs4::fs_std::FileExt;
-    let path = dir.join(LOCK);
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let f = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
     if f.try_lock_exclusive().is_err() {
         tracing::info!("waiting for another chbuild writing to {}", dir.display());
         f.lock_exclusive()
-            .with_context(|| format!("locking {}", path.display()))?;
+            .with_context(|| format!("locking {}", dir.display()))?;
     }
     Ok(f)
 }
@@ -79,7 +73,7 @@ pub fn clean(dir: &Path) -> Result<()> {
         let e = e.with_context(|| format!("reading {}", dir.display()))?;
         let name = e.file_name().to_string_lossy().into_owned();
         let ours = name.starts_with(STAGED) || name.starts_with(&format!(".{STAGED}"));
-        if !ours || name == LOCK || name == JOURNAL {
+        if !ours || name == JOURNAL {
             continue;
         }
         tracing::debug!("removing {name}, left by an interrupted run");

@@ -5,18 +5,16 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+#[path = "../cli_support/mod.rs"]
+mod cli_support;
+
 use sha2::Digest;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub const EPOCH: &str = "1700000000";
-
-pub const MINBASE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/debian-bookworm-arm64-minbase.tar.xz"
-);
+pub use cli_support::MINBASE;
 
 /// Whether the tests run in CI, where a test that cannot run fails.
 pub fn in_ci() -> bool {
@@ -188,20 +186,16 @@ impl Env {
         self.dir.join(rel)
     }
 
+    /// As the other binary-driving tests run chbuild, with debug logs and
+    /// backtraces (more output to check for secrets).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_chbuild"));
-        c.args(args)
-            .arg("--profile")
-            .arg(&self.profile)
-            .arg("--store")
-            .arg(&self.store)
-            .arg("--secrets")
-            .arg(&self.secrets)
-            .env("SOURCE_DATE_EPOCH", EPOCH)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "debug")
-            .env("RUST_BACKTRACE", "1")
-            .env_remove("CHBUILD_PASSWORD_HASH");
+        let cli = cli_support::Chbuild {
+            profile: self.profile.clone(),
+            store: self.store.clone(),
+            secrets: self.secrets.clone(),
+        };
+        let mut c = cli.command(args);
+        c.env("RUST_LOG", "debug").env("RUST_BACKTRACE", "1");
         c
     }
 
