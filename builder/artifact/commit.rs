@@ -239,3 +239,103 @@ fn sync_fs(dir: &Path) -> Result<()> {
     let d = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
     nix::unistd::syncfs(d.as_raw_fd()).with_context(|| format!("syncing {}", dir.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(dir: &Path) -> Vec<Move> {
+        fs::create_dir_all(dir.join("z1/etc")).unwrap();
+        fs::write(dir.join("z1/etc/hostname"), "old").unwrap();
+        fs::write(dir.join("z1.tar.zst"), "old").unwrap();
+        fs::write(dir.join("manifest.json"), "old").unwrap();
+        fs::write(dir.join("stale.tar.zst"), "old").unwrap();
+        fs::create_dir_all(dir.join(staged("z1")).join("etc")).unwrap();
+        fs::write(dir.join(staged("z1")).join("etc/hostname"), "new").unwrap();
+        fs::write(dir.join(staged("z1.tar.zst")), "new").unwrap();
+        fs::write(dir.join(staged("manifest.json")), "new").unwrap();
+        vec![
+            Move::rename(staged("z1.tar.zst"), "z1.tar.zst"),
+            Move::rename(staged("z1"), "z1"),
+            Move::remove("stale.tar.zst"),
+            Move::rename(staged("manifest.json"), "manifest.json"),
+        ]
+    }
+
+    fn is_new(dir: &Path) {
+        for f in ["z1/etc/hostname", "z1.tar.zst", "manifest.json"] {
+            assert_eq!(fs::read_to_string(dir.join(f)).unwrap(), "new", "{f}");
+        }
+        assert!(!dir.join("stale.tar.zst").exists());
+        let mut left: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        left.sort();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn commit_puts_everything_in_place() {
+        let t = tempfile::tempdir().unwrap();
+        let moves = setup(t.path());
+        commit(t.path(), &moves).unwrap();
+        is_new(t.path());
+    }
+
+    /// A crash after the commit point, at every step of the renames
+    /// (including between moving the old tree aside and the new one in):
+    /// the next run finishes the commit.
+    #[test]
+    fn an_interrupted_commit_is_finished_from_any_step() {
+        for steps in 0..=5 {
+            let t = tempfile::tempdir().unwrap();
+            let dir = t.path();
+            let moves = setup(dir);
+            let text: String = moves
+                .iter()
+                .map(|m| format!("{}\t{}\n", m.staged.as_deref().unwrap_or(""), m.name))
+                .collect();
+            fs::write(dir.join(JOURNAL), text).unwrap();
+            // Replay by hand up to `steps` single renames.
+            let mut done = 0;
+            if done < steps {
+                fs::rename(dir.join(staged("z1.tar.zst")), dir.join("z1.tar.zst")).unwrap();
+                done += 1;
+            }
+            if done < steps {
+                fs::rename(dir.join("z1"), dir.join(aside("z1"))).unwrap();
+                done += 1;
+            }
+            if done < steps {
+                fs::rename(dir.join(staged("z1")), dir.join("z1")).unwrap();
+                done += 1;
+            }
+            if done < steps {
+                fs::remove_file(dir.join("stale.tar.zst")).unwrap();
+                done += 1;
+            }
+            if done < steps {
+                fs::rename(dir.join(staged("manifest.json")), dir.join("manifest.json")).unwrap();
+            }
+            assert!(recover(dir).unwrap(), "step {steps}");
+            is_new(dir);
+            assert!(!recover(dir).unwrap());
+        }
+    }
+
+    /// Before the commit point nothing changed; staged leftovers go.
+    #[test]
+    fn staged_leftovers_without_a_journal_are_removed() {
+        let t = tempfile::tempdir().unwrap();
+        setup(t.path());
+        prepare(t.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(t.path().join("z1.tar.zst")).unwrap(),
+            "old"
+        );
+        assert!(!t.path().join(staged("z1")).exists());
+        assert!(!t.path().join(staged("manifest.json")).exists());
+    }
+}
