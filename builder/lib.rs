@@ -8,6 +8,7 @@ pub mod cli;
 pub mod deploy;
 pub mod device;
 pub mod disk;
+pub mod error;
 pub mod import;
 pub mod overlay;
 pub mod pipeline;

@@ -4,7 +4,8 @@
 use crate::artifact::commit::{self, Move};
 use crate::artifact::public::{self, SecretFile};
 use crate::artifact::{self, Manifest, NodeArtifact};
-use crate::cli::{Format, SdArgs};
+use crate::disk::Compress;
+use crate::error::UsageError;
 use crate::profile::{plan::NodePlan, Profile};
 use crate::secrets::Secrets;
 use crate::store::{BaseTree, Store};
@@ -13,6 +14,15 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// What `image` writes for each node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Only the node tree directory.
+    Dir,
+    /// The tree and a deterministic `<node>.tar.zst`.
+    TarZst,
+}
 
 #[derive(Debug, Serialize)]
 pub struct ImageReport {
@@ -379,6 +389,21 @@ fn shipped(profile: &Profile, rel: &str) -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
 }
 
+/// Where `sd` puts the image and what it does with it.
+#[derive(Debug, Clone, Default)]
+pub struct SdOptions {
+    /// The image file (default: `<output dir>/<node>.img`).
+    pub output: Option<PathBuf>,
+    /// Write the image to this whole block device.
+    pub dev: Option<PathBuf>,
+    /// Disk layout (default: the shipped `images/sd-mbr.toml`).
+    pub layout: Option<PathBuf>,
+    /// Also write a compressed copy of the image.
+    pub compress: Option<Compress>,
+    /// How the device is written.
+    pub write: crate::device::WriteOptions,
+}
+
 #[derive(Debug, Serialize)]
 pub struct SdReport {
     pub node: String,
@@ -390,7 +415,7 @@ pub struct SdReport {
 
 /// Build (or reuse) the SD card image of an SD-booted node; optionally
 /// compress it and write it to a card.
-pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdArgs) -> Result<SdReport> {
+pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdOptions) -> Result<SdReport> {
     let image_path = match &args.output {
         Some(p) => p.clone(),
         None => {
@@ -424,10 +449,7 @@ pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdArgs) -> Result
             &image.image,
             &image.bmap,
             dev,
-            &crate::device::WriteOptions {
-                yes: args.yes,
-                force: args.force,
-            },
+            &args.write,
         )?),
         None => None,
     };
@@ -453,7 +475,7 @@ pub fn sd_image(
     let n = profile.node(node).expect("selection returns known nodes");
     let plan = profile.plan(n);
     if plan.kind != crate::profile::NodeKind::Sd {
-        return Err(crate::cli::UsageError(format!(
+        return Err(UsageError(format!(
             "{node} is a usbboot Zero, booted over NFS by ClusterCTRL: it has no SD card image (use `chbuild image {node}` and `chbuild deploy {node}`)"
         ))
         .into());
@@ -567,7 +589,7 @@ pub fn release(
     profile: &Profile,
     store: &Store,
     out: &Path,
-    compress: crate::cli::Compress,
+    compress: Compress,
     secrets_bundle: Option<&Path>,
 ) -> Result<ReleaseReport> {
     let all: Vec<String> = profile.nodes.iter().map(|n| n.name.clone()).collect();

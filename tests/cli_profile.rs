@@ -1,6 +1,8 @@
 //! `chbuild check`, `show`, `secrets init` and profile validation, driven
 //! through the real binary on real (good and bad) profiles.
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -304,24 +306,79 @@ fn missing_profile_is_a_failure_naming_the_path() {
     assert!(stderr(&o).contains("reading /nonexistent/p.toml"));
 }
 
+/// Every command path: `[]` for chbuild itself, `["store", "gc"]`...
+fn command_paths() -> Vec<Vec<String>> {
+    fn walk(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands() {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            walk(sub, p, out);
+        }
+        out.push(path);
+    }
+    let mut out = vec![];
+    walk(
+        &<chbuild::cli::Cli as clap::CommandFactory>::command(),
+        vec![],
+        &mut out,
+    );
+    out.sort();
+    out
+}
+
+/// `--help` of chbuild and of every verb, byte for byte as users see it,
+/// kept under tests/snapshots/help/ (CHBUILD_UPDATE_SNAPSHOTS=1 rewrites
+/// them), so a change of the command line shows as a reviewable diff.
 #[test]
-fn every_verb_has_help() {
-    for verb in [
-        "check", "show", "secrets", "image", "sd", "deploy", "rollback", "store",
-    ] {
-        let o = chbuild(&[verb, "--help"]);
-        assert!(o.status.success(), "{verb} --help");
-        let out = String::from_utf8(o.stdout).unwrap();
-        assert!(out.contains("Usage: chbuild"), "{verb}: {out}");
+fn help_of_every_verb_matches_its_snapshot() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/help");
+    let mut expected = vec![];
+    for path in command_paths() {
+        let name = if path.is_empty() {
+            "chbuild.txt".to_string()
+        } else {
+            format!("chbuild-{}.txt", path.join("-"))
+        };
+        let o = Command::new(env!("CARGO_BIN_EXE_chbuild"))
+            .args(&path)
+            .arg("--help")
+            .env_remove("CHBUILD_PROFILE")
+            .env_remove("CHBUILD_SECRETS")
+            .env_remove("CHBUILD_STORE")
+            .env_remove("COLUMNS")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("running chbuild");
+        assert!(o.status.success(), "{path:?} --help: {}", stderr(&o));
+        let out = String::from_utf8(o.stdout.clone()).unwrap();
+        assert!(out.contains("Usage: chbuild"), "{path:?}: {out}");
         for l in out.lines() {
             assert!(
                 l.chars().count() <= 80,
-                "{verb} help line over 80 columns: {l:?}"
+                "{path:?} help line over 80 columns: {l:?}"
             );
         }
+        support::compare_or_update(&dir.join(&name), &o.stdout);
+        expected.push(name);
     }
+    // A verb that is gone leaves no snapshot behind.
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    expected.sort();
+    assert_eq!(found, expected, "snapshots in {}", dir.display());
     let o = chbuild(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// Under CI a test that would skip fails, with its reason.
+#[test]
+#[should_panic(expected = "fails under CI=true: the fixture is missing")]
+fn a_skip_fails_under_ci() {
+    support::skip_in(false, "outside CI this only prints");
+    support::skip_in(true, "the fixture is missing");
 }
 
 #[test]

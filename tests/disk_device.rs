@@ -99,9 +99,10 @@ fn small_image(dir: &Path) -> SdImage {
     build_sd_image(&plan(), &tree, &layout, &dir.join("small.img"), EPOCH).unwrap()
 }
 
-fn skip() -> bool {
+/// True (after saying why) when loop devices cannot be used here.
+fn no_loop_devices() -> bool {
     if !is_root() {
-        eprintln!("SKIP: loop devices need root");
+        disk_support::skip("loop devices need root");
         return true;
     }
     false
@@ -116,7 +117,7 @@ fn yes_force() -> WriteOptions {
 
 #[test]
 fn write_and_verify_on_a_loop_device() {
-    if skip() {
+    if no_loop_devices() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -162,7 +163,7 @@ fn write_and_verify_on_a_loop_device() {
 
 #[test]
 fn refuses_a_regular_file() {
-    if skip() {
+    if no_loop_devices() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -174,7 +175,7 @@ fn refuses_a_regular_file() {
 
 #[test]
 fn refuses_a_partition() {
-    if skip() {
+    if no_loop_devices() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -193,7 +194,7 @@ fn refuses_a_partition() {
 
 #[test]
 fn refuses_a_device_smaller_than_the_image() {
-    if skip() {
+    if no_loop_devices() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -208,7 +209,7 @@ fn refuses_a_device_smaller_than_the_image() {
 
 #[test]
 fn refuses_a_device_with_a_mounted_file_system() {
-    if skip() {
+    if no_loop_devices() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -232,7 +233,7 @@ fn refuses_a_device_with_a_mounted_file_system() {
 
 #[test]
 fn refuses_a_disk_whose_partition_is_mounted() {
-    if skip() {
+    if no_loop_devices() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -257,7 +258,7 @@ fn refuses_a_disk_whose_partition_is_mounted() {
 
 #[test]
 fn refuses_a_non_removable_device_without_force() {
-    if skip() {
+    if no_loop_devices() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -280,14 +281,14 @@ fn refuses_a_non_removable_device_without_force() {
 
 #[test]
 fn refuses_the_disk_of_the_running_system() {
-    if skip() {
+    if no_loop_devices() {
         return;
     }
     // Only the read-only checks run here: never anything that writes.
     let root = run(Command::new("findmnt").args(["-no", "SOURCE", "/"]));
     let root = root.trim();
     if !root.starts_with("/dev/") {
-        eprintln!("SKIP: / is not on a block device here ({root})");
+        disk_support::skip(&format!("/ is not on a block device here ({root})"));
         return;
     }
     let disk = run(Command::new("lsblk").args(["-no", "PKNAME"]).arg(root));

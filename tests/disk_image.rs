@@ -18,7 +18,7 @@ fn mdir_type(img: &Path, offset: u64, path: &str) -> String {
 #[test]
 fn mbr_image_passes_the_tools() {
     if !is_root() {
-        eprintln!("SKIP: unpacking the fixture with its owners needs root");
+        disk_support::skip("unpacking the fixture with its owners needs root");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -162,14 +162,14 @@ fn mbr_image_passes_the_tools() {
             .arg(&copy));
         assert_eq!(sha256(&copy), r.sha256);
     } else {
-        eprintln!("SKIP part: bmaptool not installed");
+        disk_support::skip("bmaptool is not installed (Debian package bmap-tools)");
     }
 }
 
 #[test]
 fn gpt_image_passes_the_tools() {
     if !is_root() {
-        eprintln!("SKIP: unpacking the fixture with its owners needs root");
+        disk_support::skip("unpacking the fixture with its owners needs root");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -208,7 +208,7 @@ fn gpt_image_passes_the_tools() {
 #[test]
 fn two_builds_are_byte_identical() {
     if !is_root() {
-        eprintln!("SKIP: unpacking the fixture with its owners needs root");
+        disk_support::skip("unpacking the fixture with its owners needs root");
         return;
     }
     // Two different staging trees of the same content, as two runs make.

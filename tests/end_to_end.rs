@@ -23,7 +23,7 @@ fn image_verify_and_deploy_two_zeros() {
         return;
     }
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: deploying trees with their owners needs root (runs in CI)");
+        cli_support::skip("deploying trees with their owners needs root (runs in CI)");
         return;
     }
     let t = tempfile::tempdir().unwrap();

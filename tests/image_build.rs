@@ -91,6 +91,8 @@ fn builds_are_reproducible_and_complete() {
             .find(|l| l.ends_with(" dev/null"))
             .expect("/dev/null in tarball");
         assert!(null.starts_with("crw-rw-rw- 0/0"), "{null}");
+    } else {
+        cli_support::skip("device nodes in the base need root to ingest");
     }
     for l in listing.lines() {
         // GNU tar prints the date of each entry: none is after the epoch.

@@ -145,6 +145,6 @@ fn public_release_is_complete_reproducible_and_secret_free() {
             "password hash restored"
         );
     } else {
-        eprintln!("SKIP: deploy with the secrets bundle needs root (runs in CI)");
+        cli_support::skip("deploy with the secrets bundle needs root (runs in CI)");
     }
 }

@@ -34,7 +34,7 @@ fn tool(t: Tool) -> Option<PathBuf> {
     match t.require() {
         Ok(p) => Some(p),
         Err(e) => {
-            eprintln!("SKIP: {e:#}");
+            common::skip(&format!("{e:#}"));
             None
         }
     }
@@ -322,7 +322,7 @@ fn exportfs_reads_the_exports() {
     let exports = b.tree("p5").join("etc/exports");
     let export = b.profile.features.nfs_export_path.clone();
     if !Path::new("/etc/exports").exists() {
-        eprintln!("SKIP: /etc/exports is missing (nfs-kernel-server not installed?)");
+        common::skip("/etc/exports is missing (nfs-kernel-server not installed?)");
         return;
     }
     let script = format!(

@@ -144,7 +144,7 @@ fn sd_refuses_a_zero() {
 #[test]
 fn sd_writes_a_card_through_the_command_line() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: writing a loop device needs root (runs in CI)");
+        cli_support::skip("writing a loop device needs root (runs in CI)");
         return;
     }
     if !ready() {

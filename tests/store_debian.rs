@@ -1,5 +1,7 @@
 //! Bases built from Debian packages with mmdebstrap.
 
+mod support;
+
 use chbuild::profile::model::Arch;
 use chbuild::profile::{Base, BaseSource, DebianRecipe};
 use chbuild::store::Store;
@@ -26,11 +28,11 @@ fn missing_mmdebstrap_says_what_to_install() {
 #[test]
 fn extract_recipe_is_built_and_stored_once() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: mmdebstrap's root mode needs root");
+        support::skip("mmdebstrap's root mode needs root");
         return;
     }
     if chbuild::tools::which("mmdebstrap").is_none() {
-        eprintln!("SKIP: mmdebstrap is not installed (apt-get install mmdebstrap)");
+        support::skip("mmdebstrap is not installed (apt-get install mmdebstrap)");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -2,6 +2,8 @@
 //! modes (setuid/setgid), owners, sizes, mtimes (sub-second), link counts,
 //! link targets, device numbers and every extended attribute.
 
+mod support;
+
 use chbuild::profile::model::Arch;
 use chbuild::profile::{Base, BaseSource};
 use chbuild::store::{manifest, Store};
@@ -17,7 +19,9 @@ const PI: &str = concat!(
 
 fn root_or_skip(what: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: {what} needs root (owners, devices, security.* xattrs)");
+        support::skip(&format!(
+            "{what} needs root (owners, devices, security.* xattrs)"
+        ));
         return false;
     }
     true

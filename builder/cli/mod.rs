@@ -1,7 +1,9 @@
 //! Command line: argument structs only; each verb calls one library
 //! function. Machine output (`--json`) goes to stdout, the rest to stderr.
 
+mod check;
 mod commands;
+mod deploy;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -173,6 +175,15 @@ pub enum Format {
     TarZst,
 }
 
+impl From<Format> for crate::pipeline::Format {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Dir => Self::Dir,
+            Format::TarZst => Self::TarZst,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SdArgs {
     /// The SD-booted node
@@ -201,6 +212,30 @@ pub struct SdArgs {
 pub enum Compress {
     Zst,
     Xz,
+}
+
+impl From<Compress> for crate::disk::Compress {
+    fn from(c: Compress) -> Self {
+        match c {
+            Compress::Zst => Self::Zst,
+            Compress::Xz => Self::Xz,
+        }
+    }
+}
+
+impl SdArgs {
+    pub fn options(&self) -> crate::pipeline::SdOptions {
+        crate::pipeline::SdOptions {
+            output: self.output.clone(),
+            dev: self.dev.clone(),
+            layout: self.layout.clone(),
+            compress: self.compress.map(Into::into),
+            write: crate::device::WriteOptions {
+                yes: self.yes,
+                force: self.force,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -262,17 +297,36 @@ pub struct RollbackArgs {
     pub yes: bool,
 }
 
-/// Errors that are the user's input (bad usage, bad profile): exit 2.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl DeployArgs {
+    pub fn options(&self) -> crate::deploy::DeployOptions {
+        crate::deploy::DeployOptions {
+            nodes: self.nodes.clone(),
+            root: self.root.clone(),
+            bundle: self.bundle.clone(),
+            output: self.output.clone(),
+            secrets_bundle: self.secrets_bundle.clone(),
+            dry_run: self.dry_run,
+            diff: self.diff,
+            force: self.force,
+            uninstall: self.uninstall,
+            no_power: self.no_power,
+            no_power_on: self.no_power_on,
+            wait_for_ssh: self.wait_for_ssh,
+            yes: self.yes,
+        }
     }
 }
 
-impl std::error::Error for UsageError {}
+impl RollbackArgs {
+    pub fn options(&self) -> crate::deploy::RollbackOptions {
+        crate::deploy::RollbackOptions {
+            nodes: self.nodes.clone(),
+            root: self.root.clone(),
+            no_power: self.no_power,
+            yes: self.yes,
+        }
+    }
+}
 
 /// Parse arguments, run, and map the outcome to an exit code:
 /// 0 ok, 1 failure, 2 bad usage or bad profile.
@@ -290,11 +344,7 @@ pub fn run() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let usage = e.chain().any(|c| {
-                c.downcast_ref::<UsageError>().is_some()
-                    || c.downcast_ref::<crate::profile::ProfileError>().is_some()
-            });
-            if usage {
+            if crate::error::is_usage(&e) {
                 2
             } else {
                 1

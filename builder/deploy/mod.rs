@@ -20,7 +20,7 @@ pub mod verify;
 pub use remove::rollback;
 use remove::uninstall;
 
-use crate::cli::{Cli, DeployArgs, RollbackArgs, UsageError};
+use crate::error::UsageError;
 use crate::profile::plan::NodePlan;
 use crate::profile::{NodeKind, Profile};
 use anyhow::{bail, Context, Result};
@@ -39,6 +39,74 @@ pub const NFS_DIR: &str = "var/lib/clusterctrl/nfs";
 pub const MARKER: &str = ".chbuild-build";
 /// Present only in official usbboot trees; `usbboot-init` needs it.
 pub const RECONFIG: &str = "usr/share/clusterctrl/reconfig-usbboot";
+
+/// What `deploy` does; the command line makes it from its arguments.
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    /// Zero nodes to deploy (every usbboot node when empty).
+    pub nodes: Vec<String>,
+    /// Deploy under this prefix instead of `/`.
+    pub root: PathBuf,
+    /// Deploy a bundle built elsewhere (the output directory of `image`).
+    pub bundle: Option<PathBuf>,
+    /// Where `image` wrote the trees (default: the profile's output dir).
+    pub output: Option<PathBuf>,
+    /// Put each node's secrets back from this bundle.
+    pub secrets_bundle: Option<PathBuf>,
+    /// Tell what would happen, change nothing.
+    pub dry_run: bool,
+    /// List the files that would change against the deployed tree.
+    pub diff: bool,
+    /// Deploy even when the same build is already in place.
+    pub force: bool,
+    /// Remove the pN directories instead.
+    pub uninstall: bool,
+    /// Do not switch node power.
+    pub no_power: bool,
+    /// Leave the node powered off after deploying.
+    pub no_power_on: bool,
+    /// Wait this many seconds for SSH on the node after power-on.
+    pub wait_for_ssh: Option<u64>,
+    /// Go ahead even when running Zeros are disturbed.
+    pub yes: bool,
+}
+
+/// What `rollback` does; the command line makes it from its arguments.
+#[derive(Debug, Clone, Default)]
+pub struct RollbackOptions {
+    /// Zero nodes to roll back.
+    pub nodes: Vec<String>,
+    /// Deployed under this prefix instead of `/`.
+    pub root: PathBuf,
+    /// Do not switch node power.
+    pub no_power: bool,
+    /// Go ahead even when running Zeros are disturbed.
+    pub yes: bool,
+}
+
+/// What a deploy tells as it goes, for the command line to show.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// Dry run: the interrupted deploy of this slot would be recovered.
+    WouldRecover(&'a str),
+    /// Dry run: this leftover of an interrupted run would be removed.
+    WouldRemove(&'a str),
+    /// Dry run: a prerequisite that is missing (a real run fails on it).
+    Missing(&'a str),
+    /// `--diff`: the files that differ for one node.
+    Diff {
+        node: &'a str,
+        pname: &'a str,
+        lines: &'a [String],
+    },
+    /// Dry run: what would happen to one node.
+    Planned {
+        node: &'a str,
+        pname: &'a str,
+        action: &'a str,
+        steps: &'a [String],
+    },
+}
 
 /// What happened (or would happen) to one node.
 #[derive(Debug, Serialize)]
@@ -100,13 +168,6 @@ pub fn deployed_build(tree: &Path) -> Option<String> {
 
 fn short(build: &str) -> &str {
     &build[..build.len().min(12)]
-}
-
-fn print_report(reports: &[NodeReport], json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(reports)?);
-    }
-    Ok(())
 }
 
 /// Bring every `pN` back to a complete tree and delete what dead runs left.
@@ -251,7 +312,7 @@ impl Job<'_> {
         }
     }
 
-    fn steps(&self, args: &DeployArgs) -> Vec<String> {
+    fn steps(&self, args: &DeployOptions) -> Vec<String> {
         let p = &self.pname;
         let mut s = Vec::new();
         if self.unchanged {
@@ -300,11 +361,17 @@ impl Job<'_> {
     }
 }
 
-pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
+/// Deploy the selected Zeros (or uninstall them); `on` hears what a dry
+/// run would do and the `--diff` of every node as the run goes.
+pub fn run(
+    profile: &Profile,
+    args: &DeployOptions,
+    on: &mut dyn FnMut(Event),
+) -> Result<Vec<NodeReport>> {
     let plans = usbboot_plans(profile, &args.nodes)?;
     let nfs = args.root.join(NFS_DIR);
     if args.uninstall {
-        return uninstall(cli, args, &plans, &nfs);
+        return uninstall(args, &plans, &nfs, on);
     }
     let (dir, bundle) = match (&args.bundle, &args.output) {
         (Some(b), _) => (b.clone(), true),
@@ -331,10 +398,10 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
     if let Some(d) = &d {
         if args.dry_run {
             for p in d.pending()? {
-                println!("would recover the interrupted deploy of {p}");
+                on(Event::WouldRecover(&p));
             }
             for s in d.stale()? {
-                println!("would remove {s} left by an interrupted run");
+                on(Event::WouldRemove(&s));
             }
         } else {
             recover_all(d)?;
@@ -342,11 +409,95 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
     }
 
     let power = power_status(!args.no_power && !args.dry_run)?;
-    let nfs_dev = std::fs::metadata(existing_ancestor(&nfs))
+    let jobs = plan_jobs(&plans, &sources, &nfs, args, power.as_ref());
+    let work: Vec<&Job> = jobs.iter().filter(|j| !j.unchanged).collect();
+    for m in &missing_prerequisites(&work, &nfs, args)? {
+        on(Event::Missing(m));
+    }
+    check_power(&work, args, power.as_ref())?;
+
+    let mut reports = Vec::new();
+    for j in &jobs {
+        reports.push(run_job(j, d.as_ref(), &nfs, args, &nfs_server, on)?);
+    }
+    Ok(reports)
+}
+
+/// Deploy one node (or, in a dry run, say what would happen to it).
+fn run_job(
+    j: &Job,
+    d: Option<&NfsDir>,
+    nfs: &Path,
+    args: &DeployOptions,
+    nfs_server: &str,
+    on: &mut dyn FnMut(Event),
+) -> Result<NodeReport> {
+    let diff = if args.diff {
+        let lines = diff_against_deployed(j, nfs)?;
+        on(Event::Diff {
+            node: &j.plan.name,
+            pname: &j.pname,
+            lines: &lines,
+        });
+        Some(lines)
+    } else {
+        None
+    };
+    let steps = j.steps(args);
+    let action = if j.unchanged { "unchanged" } else { "deployed" };
+    if args.dry_run {
+        on(Event::Planned {
+            node: &j.plan.name,
+            pname: &j.pname,
+            action,
+            steps: &steps,
+        });
+    } else if j.unchanged {
+        tracing::info!(
+            "{} ({}): unchanged, build {} is in place",
+            j.plan.name,
+            j.pname,
+            short(&j.src.build)
+        );
+    } else {
+        let d = d.expect("the NFS directory exists in a real run");
+        deploy_node(d, j, args, nfs_server).with_context(|| {
+            format!(
+                "deploying {} to {}",
+                j.plan.name,
+                nfs.join(&j.pname).display()
+            )
+        })?;
+    }
+    Ok(NodeReport {
+        node: j.plan.name.clone(),
+        slot: j.slot,
+        action: if args.dry_run {
+            format!("would-{action}")
+        } else {
+            action.into()
+        },
+        build: Some(j.src.build.clone()),
+        previous: j.previous.clone(),
+        usbboot_init: (!j.unchanged).then(|| j.init_note()),
+        steps,
+        diff,
+    })
+}
+
+/// Decide every node's deploy before anything runs.
+fn plan_jobs<'a>(
+    plans: &'a [NodePlan],
+    sources: &'a [NodeSource],
+    nfs: &Path,
+    args: &DeployOptions,
+    power: Option<&BTreeMap<u8, bool>>,
+) -> Vec<Job<'a>> {
+    let nfs_dev = std::fs::metadata(existing_ancestor(nfs))
         .map(|m| m.dev())
         .ok();
     let mut jobs = Vec::new();
-    for (plan, src) in plans.iter().zip(&sources) {
+    for (plan, src) in plans.iter().zip(sources) {
         let ub = plan.usbboot.as_ref().expect("usbboot plans");
         let target = nfs.join(&ub.pname);
         let previous = deployed_build(&target);
@@ -367,17 +518,22 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
             run_init: src.has_file(RECONFIG),
             link,
             was_on: power
-                .as_ref()
                 .and_then(|p| p.get(&ub.slot))
                 .copied()
                 .unwrap_or(false),
         });
     }
+    jobs
+}
 
-    // Prerequisites, all at once.
-    let work: Vec<&Job> = jobs.iter().filter(|j| !j.unchanged).collect();
+/// Prerequisites of the work, all at once: a real run fails on any, a dry
+/// run returns them to be shown.
+fn missing_prerequisites(work: &[&Job], nfs: &Path, args: &DeployOptions) -> Result<Vec<String>> {
+    if work.is_empty() {
+        return Ok(Vec::new());
+    }
     let (mut bytes, mut inodes) = (0, 0);
-    for j in &work {
+    for j in work {
         let (b, i) = match &j.src.content {
             Content::Tree(t) => stage::needed_space(t, j.link)?,
             Content::Tarball { listing, .. } => (
@@ -388,28 +544,30 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
         bytes += b;
         inodes += i;
     }
-    let missing = if work.is_empty() {
-        Vec::new()
-    } else {
-        prerequisites(
-            &nfs,
-            !args.no_power,
-            work.iter().any(|j| j.run_init),
-            bytes,
-            inodes,
-        )
-    };
+    let missing = prerequisites(
+        nfs,
+        !args.no_power,
+        work.iter().any(|j| j.run_init),
+        bytes,
+        inodes,
+    );
     if !missing.is_empty() && !args.dry_run {
         bail!("cannot deploy:\n  {}", missing.join("\n  "));
     }
-    for m in &missing {
-        println!("missing: {m}");
-    }
+    Ok(missing)
+}
 
+/// Refuse to disturb running Zeros without `--yes`, and never swap a
+/// running Zero's tree.
+fn check_power(
+    work: &[&Job],
+    args: &DeployOptions,
+    power: Option<&BTreeMap<u8, bool>>,
+) -> Result<()> {
     // usbboot-init runs `clusterctrl init`, which resets the HAT's USB hub.
     let deploying: Vec<u8> = work.iter().map(|j| j.slot).collect();
     let others_on: Vec<String> = power
-        .iter()
+        .into_iter()
         .flatten()
         .filter(|(n, on)| **on && !deploying.contains(n))
         .map(|(n, _)| format!("p{n}"))
@@ -425,7 +583,7 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
             return Err(UsageError(format!("{msg}; pass --yes to go ahead")).into());
         }
     }
-    for j in &work {
+    for j in work {
         if j.was_on && args.no_power {
             bail!(
                 "{} is powered on: a running Zero is never swapped underneath; drop --no-power (which is for slots whose Zero is off)",
@@ -433,77 +591,21 @@ pub fn run(profile: &Profile, cli: &Cli, args: &DeployArgs) -> Result<()> {
             );
         }
     }
-
-    let mut reports = Vec::new();
-    for j in &jobs {
-        let diff = if args.diff {
-            let current = nfs.join(&j.pname);
-            let cur = if current.is_dir() {
-                listing::of_dir(&current, true)?
-            } else {
-                Default::default()
-            };
-            let lines = listing::diff(&cur, &j.src.listing()?, &[MARKER]);
-            if !cli.global.json {
-                println!(
-                    "--- {} ({}) {} files differ",
-                    j.plan.name,
-                    j.pname,
-                    lines.len()
-                );
-                for l in &lines {
-                    println!("{l}");
-                }
-            }
-            Some(lines)
-        } else {
-            None
-        };
-        let steps = j.steps(args);
-        let action = if j.unchanged { "unchanged" } else { "deployed" };
-        if args.dry_run {
-            if !cli.global.json {
-                println!("{} ({}): would be {action}", j.plan.name, j.pname);
-                for s in &steps {
-                    println!("  {s}");
-                }
-            }
-        } else if j.unchanged {
-            tracing::info!(
-                "{} ({}): unchanged, build {} is in place",
-                j.plan.name,
-                j.pname,
-                short(&j.src.build)
-            );
-        } else {
-            let d = d.as_ref().expect("the NFS directory exists in a real run");
-            deploy_node(d, j, args, &nfs_server).with_context(|| {
-                format!(
-                    "deploying {} to {}",
-                    j.plan.name,
-                    nfs.join(&j.pname).display()
-                )
-            })?;
-        }
-        reports.push(NodeReport {
-            node: j.plan.name.clone(),
-            slot: j.slot,
-            action: if args.dry_run {
-                format!("would-{action}")
-            } else {
-                action.into()
-            },
-            build: Some(j.src.build.clone()),
-            previous: j.previous.clone(),
-            usbboot_init: (!j.unchanged).then(|| j.init_note()),
-            steps,
-            diff,
-        });
-    }
-    print_report(&reports, cli.global.json)
+    Ok(())
 }
 
-fn deploy_node(d: &NfsDir, j: &Job, args: &DeployArgs, nfs_server: &str) -> Result<()> {
+/// The files that differ between a node's new tree and its deployed one.
+fn diff_against_deployed(j: &Job, nfs: &Path) -> Result<Vec<String>> {
+    let current = nfs.join(&j.pname);
+    let cur = if current.is_dir() {
+        listing::of_dir(&current, true)?
+    } else {
+        Default::default()
+    };
+    Ok(listing::diff(&cur, &j.src.listing()?, &[MARKER]))
+}
+
+fn deploy_node(d: &NfsDir, j: &Job, args: &DeployOptions, nfs_server: &str) -> Result<()> {
     let p = j.pname.as_str();
     let t0 = Instant::now();
     if j.was_on {

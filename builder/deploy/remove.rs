@@ -4,14 +4,14 @@
 use super::*;
 
 pub(super) fn uninstall(
-    cli: &Cli,
-    args: &DeployArgs,
+    args: &DeployOptions,
     plans: &[NodePlan],
     nfs: &Path,
-) -> Result<()> {
+    on: &mut dyn FnMut(Event),
+) -> Result<Vec<NodeReport>> {
     if !nfs.is_dir() {
         tracing::info!("{} does not exist: nothing to uninstall", nfs.display());
-        return Ok(());
+        return Ok(Vec::new());
     }
     let _lock = if args.dry_run {
         None
@@ -46,12 +46,12 @@ pub(super) fn uninstall(
         }
         let previous = deployed_build(&d.join(p));
         if args.dry_run {
-            if !cli.global.json {
-                println!("{} ({p}): would be uninstalled", plan.name);
-                for s in &steps {
-                    println!("  {s}");
-                }
-            }
+            on(Event::Planned {
+                node: &plan.name,
+                pname: p,
+                action: "uninstalled",
+                steps: &steps,
+            });
         } else {
             if was_on && !names.is_empty() {
                 if args.no_power {
@@ -87,10 +87,10 @@ pub(super) fn uninstall(
             diff: None,
         });
     }
-    print_report(&reports, cli.global.json)
+    Ok(reports)
 }
 
-pub fn rollback(profile: &Profile, args: &RollbackArgs) -> Result<()> {
+pub fn rollback(profile: &Profile, args: &RollbackOptions) -> Result<()> {
     let plans = usbboot_plans(profile, &args.nodes)?;
     let nfs = args.root.join(NFS_DIR);
     if !nfs.is_dir() {

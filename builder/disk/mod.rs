@@ -12,7 +12,6 @@ mod treefix;
 
 pub use layout::{default_layout_path, load_layout, parse_layout, Layout, TableKind};
 
-use crate::cli::Compress;
 use crate::profile::plan::NodePlan;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -295,6 +294,13 @@ impl SdImage {
                 .len(),
         })
     }
+}
+
+/// How a copy of an image is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compress {
+    Zst,
+    Xz,
 }
 
 /// Write `<image>.zst` or `<image>.xz` beside the image (reproducibly:

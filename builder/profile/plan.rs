@@ -3,7 +3,7 @@
 //! runs exactly this plan, so `chbuild check` is a free dry run.
 
 use super::model::{Arch, Model};
-use super::{NodeKind, Profile};
+use super::{Controller, Node, NodeKind, Profile, User};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -105,26 +105,11 @@ pub struct RoutePlan {
 }
 
 impl NodePlan {
-    pub fn new(p: &Profile, node: &super::Node) -> NodePlan {
+    pub fn new(p: &Profile, node: &Node) -> NodePlan {
         let f = &p.features;
-        let in_group = |g: &str| node.groups.contains(g);
         let is_zero = node.kind == NodeKind::Usbboot;
-        let docker = f.docker
-            && node.docker_override != Some(false)
-            && if is_zero {
-                f.docker_on_zeros
-            } else {
-                in_group("containers")
-            };
-        let k3s_role = if !f.k3s {
-            None
-        } else if f.k3s_server.as_deref() == Some(node.name.as_str()) {
-            Some("server".to_string())
-        } else if in_group("containers") {
-            Some("agent".to_string())
-        } else {
-            None
-        };
+        let docker = docker_on(p, node);
+        let k3s_role = k3s_role(p, node);
         let k3s_server_url = f.k3s_server.as_ref().and_then(|s| {
             p.node(s)
                 .filter(|_| k3s_role.is_some())
@@ -140,117 +125,19 @@ impl NodePlan {
             .as_ref()
             .and_then(|s| p.node(s))
             .map(|n| n.address);
-        let slurm_compute = |n: &super::Node| {
-            // Zeros are the compute partition; LAN Pis join only on request.
-            f.slurm
-                && (n.groups.contains("slurm") || n.groups.contains("zerocluster"))
-                && (n.kind == NodeKind::Usbboot || f.slurm_include_picluster)
-        };
-        let slurm_nodes: Vec<SlurmNode> = p
-            .nodes
-            .iter()
-            .filter(|n| slurm_compute(n))
-            .map(|n| SlurmNode {
-                name: n.hostname.clone(),
-                address: n.address,
-                cpus: n.cpus,
-                memory_mb: n.memory_mb,
-            })
-            .collect();
-        let names_where = |pred: &dyn Fn(&super::Node) -> bool| -> Vec<String> {
-            p.nodes
-                .iter()
-                .filter(|n| slurm_compute(n) && pred(n))
-                .map(|n| n.hostname.clone())
-                .collect()
-        };
-        let slurm_zero_nodes = names_where(&|n| n.kind == NodeKind::Usbboot);
-        let slurm_pi_nodes = names_where(&|n| n.kind == NodeKind::Sd);
-        let slurm = slurm_compute(node);
-        let munge = slurm || in_group("munge");
-
-        let mut hosts = vec![HostEntry {
-            address: if is_zero {
-                p.controller.zero_address
-            } else {
-                p.controller.lan_address
-            },
-            names: std::iter::once(p.controller.hostname.clone())
-                .chain(p.controller.aliases.iter().cloned())
-                .collect(),
-        }];
-        for n in &p.nodes {
-            let mut names = vec![n.hostname.clone()];
-            if n.name != n.hostname {
-                names.push(n.name.clone());
-            }
-            hosts.push(HostEntry {
-                address: n.address,
-                names,
-            });
-        }
-        if let Some(d) = &p.domain {
-            for h in &mut hosts {
-                let fq = format!("{}.{d}", h.names[0]);
-                h.names.insert(0, fq);
-            }
-        }
-
-        let mut packages: Vec<String> = Vec::new();
-        let mut add = |list: &[String]| {
-            for pk in list {
-                if !packages.contains(pk) {
-                    packages.push(pk.clone());
-                }
-            }
-        };
-        add(&p.packages_base);
-        for (g, list) in &p.packages_extra {
-            if in_group(g) {
-                add(list);
-            }
-        }
-        add(&node.extra_packages);
-
-        let usbboot = node.slot.map(|n| {
-            let nfs_address = Ipv4Addr::from(u32::from(p.nfs_network.network()) + n as u32);
-            UsbbootPlan {
-                slot: n,
-                pname: format!("p{n}"),
-                nfs_dir: format!("/var/lib/clusterctrl/nfs/p{n}"),
-                nfs_address,
-                cmdline_nfsroot: format!(
-                    "nfsroot={ctl}:/var/lib/clusterctrl/nfs/p{n} rw ip={nfs_address}:{ctl}::{mask}:p{n}:usb0.10:static",
-                    ctl = p.controller.nfs_address,
-                    mask = p.nfs_network.netmask(),
-                ),
-            }
-        });
-
-        let mut overlays = vec!["common".to_string()];
-        overlays.push(format!(
-            "kind/{}",
-            match node.kind {
-                NodeKind::Usbboot => "usbboot",
-                NodeKind::Sd => "sd",
-            }
-        ));
-        for g in &node.groups {
-            overlays.push(format!("group/{g}"));
-        }
-        let mut feat = |on: bool, name: &str| {
-            if on {
-                overlays.push(format!("feature/{name}"));
-            }
-        };
-        feat(munge, "munge");
-        feat(slurm, "slurm");
-        feat(docker, "docker");
-        feat(k3s_role.is_some(), "k3s");
-        feat(nfs_role.as_deref() == Some("server"), "nfs-server");
-        feat(nfs_role.as_deref() == Some("client"), "nfs-client");
-        overlays.push(format!("host/{}", node.name));
-
+        let slurm = slurm_compute(p, node);
+        let munge = slurm || node.groups.contains("munge");
+        let overlays = overlays(
+            node,
+            &[
+                (munge, "munge"),
+                (slurm, "slurm"),
+                (docker, "docker"),
+                (k3s_role.is_some(), "k3s"),
+                (nfs_role.as_deref() == Some("server"), "nfs-server"),
+                (nfs_role.as_deref() == Some("client"), "nfs-client"),
+            ],
+        );
         NodePlan {
             cluster: p.name.clone(),
             name: node.name.clone(),
@@ -269,28 +156,25 @@ impl NodePlan {
             groups: node.groups.iter().cloned().collect(),
             boot_dir: p.base.boot_dir.clone(),
             timezone: p.timezone.clone(),
-            user: UserPlan {
-                name: p.user.name.clone(),
-                uid: p.user.uid,
-                sudo: p.user.sudo,
-                ssh_key_only: p.user.ssh_key_only,
-                permit_root_login: p.user.permit_root_login,
-                ssh_authorized_keys: p.user.ssh_authorized_keys.clone(),
-            },
-            controller: ControllerPlan {
-                hostname: p.controller.hostname.clone(),
-                aliases: p.controller.aliases.clone(),
-                lan_address: p.controller.lan_address,
-                zero_address: p.controller.zero_address,
-                nfs_address: p.controller.nfs_address,
-            },
-            usbboot,
-            hosts,
+            user: UserPlan::of(&p.user),
+            controller: ControllerPlan::of(&p.controller),
+            usbboot: usbboot(p, node),
+            hosts: hosts(p, is_zero),
             munge,
             slurm,
-            slurm_nodes,
-            slurm_zero_nodes,
-            slurm_pi_nodes,
+            slurm_nodes: p
+                .nodes
+                .iter()
+                .filter(|n| slurm_compute(p, n))
+                .map(|n| SlurmNode {
+                    name: n.hostname.clone(),
+                    address: n.address,
+                    cpus: n.cpus,
+                    memory_mb: n.memory_mb,
+                })
+                .collect(),
+            slurm_zero_nodes: slurm_hostnames(p, NodeKind::Usbboot),
+            slurm_pi_nodes: slurm_hostnames(p, NodeKind::Sd),
             docker,
             k3s_server_url,
             k3s_airgap: p.features.k3s_airgap_dir.is_some() && k3s_role.is_some(),
@@ -304,15 +188,175 @@ impl NodePlan {
                 network: p.zero_network.to_string(),
                 via: p.controller.lan_address,
             }),
-            packages,
+            packages: packages(p, node),
             overlays,
             vars: node.vars.clone(),
         }
     }
 }
 
+impl UserPlan {
+    fn of(u: &User) -> UserPlan {
+        UserPlan {
+            name: u.name.clone(),
+            uid: u.uid,
+            sudo: u.sudo,
+            ssh_key_only: u.ssh_key_only,
+            permit_root_login: u.permit_root_login,
+            ssh_authorized_keys: u.ssh_authorized_keys.clone(),
+        }
+    }
+}
+
+impl ControllerPlan {
+    fn of(c: &Controller) -> ControllerPlan {
+        ControllerPlan {
+            hostname: c.hostname.clone(),
+            aliases: c.aliases.clone(),
+            lan_address: c.lan_address,
+            zero_address: c.zero_address,
+            nfs_address: c.nfs_address,
+        }
+    }
+}
+
+fn docker_on(p: &Profile, node: &Node) -> bool {
+    let f = &p.features;
+    f.docker
+        && node.docker_override != Some(false)
+        && if node.kind == NodeKind::Usbboot {
+            f.docker_on_zeros
+        } else {
+            node.groups.contains("containers")
+        }
+}
+
+/// `server`, `agent`, or none.
+fn k3s_role(p: &Profile, node: &Node) -> Option<String> {
+    let f = &p.features;
+    if !f.k3s {
+        None
+    } else if f.k3s_server.as_deref() == Some(node.name.as_str()) {
+        Some("server".to_string())
+    } else if node.groups.contains("containers") {
+        Some("agent".to_string())
+    } else {
+        None
+    }
+}
+
+/// Whether `n` is a Slurm compute node: Zeros are the compute partition;
+/// LAN Pis join only on request.
+fn slurm_compute(p: &Profile, n: &Node) -> bool {
+    let f = &p.features;
+    f.slurm
+        && (n.groups.contains("slurm") || n.groups.contains("zerocluster"))
+        && (n.kind == NodeKind::Usbboot || f.slurm_include_picluster)
+}
+
+/// Host names of the Slurm compute nodes of one kind.
+fn slurm_hostnames(p: &Profile, kind: NodeKind) -> Vec<String> {
+    p.nodes
+        .iter()
+        .filter(|n| slurm_compute(p, n) && n.kind == kind)
+        .map(|n| n.hostname.clone())
+        .collect()
+}
+
+/// /etc/hosts: the controller at the address this node reaches it on,
+/// then every node, fully qualified first when the cluster has a domain.
+fn hosts(p: &Profile, is_zero: bool) -> Vec<HostEntry> {
+    let mut hosts = vec![HostEntry {
+        address: if is_zero {
+            p.controller.zero_address
+        } else {
+            p.controller.lan_address
+        },
+        names: std::iter::once(p.controller.hostname.clone())
+            .chain(p.controller.aliases.iter().cloned())
+            .collect(),
+    }];
+    for n in &p.nodes {
+        let mut names = vec![n.hostname.clone()];
+        if n.name != n.hostname {
+            names.push(n.name.clone());
+        }
+        hosts.push(HostEntry {
+            address: n.address,
+            names,
+        });
+    }
+    if let Some(d) = &p.domain {
+        for h in &mut hosts {
+            let fq = format!("{}.{d}", h.names[0]);
+            h.names.insert(0, fq);
+        }
+    }
+    hosts
+}
+
+/// Base packages, then each group's extras, then the host's, each once.
+fn packages(p: &Profile, node: &Node) -> Vec<String> {
+    let mut packages: Vec<String> = Vec::new();
+    let mut add = |list: &[String]| {
+        for pk in list {
+            if !packages.contains(pk) {
+                packages.push(pk.clone());
+            }
+        }
+    };
+    add(&p.packages_base);
+    for (g, list) in &p.packages_extra {
+        if node.groups.contains(g) {
+            add(list);
+        }
+    }
+    add(&node.extra_packages);
+    packages
+}
+
+fn usbboot(p: &Profile, node: &Node) -> Option<UsbbootPlan> {
+    node.slot.map(|n| {
+        let nfs_address = Ipv4Addr::from(u32::from(p.nfs_network.network()) + n as u32);
+        UsbbootPlan {
+            slot: n,
+            pname: format!("p{n}"),
+            nfs_dir: format!("/var/lib/clusterctrl/nfs/p{n}"),
+            nfs_address,
+            cmdline_nfsroot: format!(
+                "nfsroot={ctl}:/var/lib/clusterctrl/nfs/p{n} rw ip={nfs_address}:{ctl}::{mask}:p{n}:usb0.10:static",
+                ctl = p.controller.nfs_address,
+                mask = p.nfs_network.netmask(),
+            ),
+        }
+    })
+}
+
+/// Overlay layers in precedence order: common, kind, groups, the features
+/// that are on, host.
+fn overlays(node: &Node, features: &[(bool, &str)]) -> Vec<String> {
+    let mut overlays = vec!["common".to_string()];
+    overlays.push(format!(
+        "kind/{}",
+        match node.kind {
+            NodeKind::Usbboot => "usbboot",
+            NodeKind::Sd => "sd",
+        }
+    ));
+    for g in &node.groups {
+        overlays.push(format!("group/{g}"));
+    }
+    for (on, name) in features {
+        if *on {
+            overlays.push(format!("feature/{name}"));
+        }
+    }
+    overlays.push(format!("host/{}", node.name));
+    overlays
+}
+
 impl Profile {
-    pub fn plan(&self, node: &super::Node) -> NodePlan {
+    pub fn plan(&self, node: &Node) -> NodePlan {
         NodePlan::new(self, node)
     }
 }

@@ -1,63 +1,53 @@
-//! The profile reference, generated from the doc comments of the schema
-//! (`schema.rs`), so the settings are documented in one place only.
-//! `chbuild profile-reference` prints it; a test keeps README.md in step.
+//! The profile reference, generated from the raw profile types: their field
+//! names (as written in TOML) and doc comments, read through
+//! `documented::DocumentedFields`, so the settings are documented in one
+//! place only. `chbuild profile-reference` prints it; a test keeps README.md
+//! in step.
 
-const SCHEMA: &str = include_str!("schema.rs");
+use super::schema::*;
+use documented::DocumentedFields;
 
-/// TOML table of each raw struct, in the order the reference lists them.
-const TABLES: [(&str, &str); 11] = [
-    ("RawProfile", "top level"),
-    ("RawCluster", "[cluster]"),
-    ("RawController", "[controller]"),
-    ("RawBase", "[base]"),
-    ("RawUser", "[user]"),
-    ("RawFeatures", "[features]"),
-    ("RawPackages", "[packages]"),
-    ("RawTree", "[tree]"),
-    ("RawSecrets", "[secrets]"),
-    ("RawNode", "[[node]]"),
-    ("RawOverrides", "[node.overrides]"),
-];
-
+/// One key of a table with its doc comment on one line.
 struct Field {
-    key: String,
+    key: &'static str,
     doc: String,
 }
 
-/// Fields of `struct name` with their doc comments, in source order.
-fn fields(name: &str) -> Vec<Field> {
-    let start = SCHEMA
-        .find(&format!("pub struct {name} {{"))
-        .unwrap_or_else(|| panic!("schema.rs has no struct {name}"));
-    let body = &SCHEMA[start..];
-    let body = &body[..body.find("\n}").unwrap_or(body.len())];
-    let mut out = vec![];
-    let mut doc: Vec<String> = vec![];
-    let mut rename: Option<String> = None;
-    for line in body.lines().skip(1) {
-        let l = line.trim();
-        if let Some(d) = l.strip_prefix("///") {
-            doc.push(d.trim().to_string());
-        } else if let Some(r) = l.strip_prefix("#[serde(rename = \"") {
-            rename = r.split('"').next().map(str::to_string);
-        } else if let Some(f) = l.strip_prefix("pub ") {
-            let key = f.split(':').next().unwrap_or_default().trim().to_string();
-            out.push(Field {
-                key: rename.take().unwrap_or(key),
-                doc: doc.join(" "),
-            });
-            doc.clear();
-        }
-    }
-    out
+/// The keys of `T` in declaration order.
+fn fields<T: DocumentedFields>() -> Vec<Field> {
+    T::FIELD_NAMES
+        .iter()
+        .zip(T::FIELD_DOCS)
+        .map(|(key, doc)| Field {
+            key,
+            doc: doc.split_whitespace().collect::<Vec<_>>().join(" "),
+        })
+        .collect()
+}
+
+/// Each TOML table with its keys, in the order the reference lists them.
+fn tables() -> [(&'static str, Vec<Field>); 11] {
+    [
+        ("top level", fields::<RawProfile>()),
+        ("[cluster]", fields::<RawCluster>()),
+        ("[controller]", fields::<RawController>()),
+        ("[base]", fields::<RawBase>()),
+        ("[user]", fields::<RawUser>()),
+        ("[features]", fields::<RawFeatures>()),
+        ("[packages]", fields::<RawPackages>()),
+        ("[tree]", fields::<RawTree>()),
+        ("[secrets]", fields::<RawSecrets>()),
+        ("[[node]]", fields::<RawNode>()),
+        ("[node.overrides]", fields::<RawOverrides>()),
+    ]
 }
 
 /// The reference as Markdown.
 pub fn markdown() -> String {
     let mut s = String::new();
-    for (name, table) in TABLES {
+    for (table, fields) in tables() {
         s.push_str(&format!("\n### {table}\n\n| key | meaning |\n|---|---|\n"));
-        for f in fields(name) {
+        for f in fields {
             s.push_str(&format!(
                 "| `{}` | {} |\n",
                 f.key,
@@ -72,11 +62,24 @@ pub fn markdown() -> String {
 mod tests {
     #[test]
     fn every_field_is_documented() {
-        for (name, _) in super::TABLES {
-            for f in super::fields(name) {
-                assert!(!f.doc.is_empty(), "{name}.{} has no doc comment", f.key);
+        for (table, fields) in super::tables() {
+            for f in fields {
+                assert!(!f.doc.is_empty(), "{table} {} has no doc comment", f.key);
             }
         }
+    }
+
+    /// A field serde renames is listed by its TOML key.
+    #[test]
+    fn documented_keys_are_the_toml_keys() {
+        let names: Vec<&str> = super::fields::<super::RawProfile>()
+            .iter()
+            .map(|f| f.key)
+            .collect();
+        assert!(
+            names.contains(&"node") && !names.contains(&"nodes"),
+            "{names:?}"
+        );
     }
 
     #[test]

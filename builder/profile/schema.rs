@@ -2,14 +2,16 @@
 //!
 //! Every struct denies unknown keys, so a typo is an error that names the
 //! line instead of a setting silently ignored. The doc comments here are the
-//! profile reference (`chbuild profile-reference` prints them).
+//! profile reference: `DocumentedFields` makes them constants of each type,
+//! which `reference.rs` renders (`chbuild profile-reference` prints it).
 
+use documented::DocumentedFields;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
 
 /// A whole cluster profile.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawProfile {
     /// Cluster-wide settings: name and networks.
@@ -38,13 +40,14 @@ pub struct RawProfile {
     pub secrets: RawSecrets,
     /// The nodes chbuild builds.
     #[serde(rename = "node", default)]
+    #[documented_fields(rename = "node")]
     pub nodes: Vec<RawNode>,
     /// Extra overlay directory of this profile (highest precedence),
     /// relative to the profile file.
     pub overlay_dir: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     /// Cluster name; output goes to `images/out/<name>/`.
@@ -67,7 +70,7 @@ fn default_timezone() -> String {
     "Etc/UTC".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawController {
     /// Host name of the controller.
@@ -86,7 +89,7 @@ pub struct RawController {
 }
 
 /// Source of the base root filesystem.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawBase {
     /// `archive` (a local tar file), `url` (downloaded and checked), or
@@ -132,7 +135,7 @@ fn default_boot_dir() -> Spanned<String> {
     Spanned::new(0..0, "boot/firmware".into())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawUser {
     /// Login name.
@@ -166,7 +169,7 @@ fn default_uid() -> u32 {
     1000
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawFeatures {
     /// Generate Slurm configuration for the `slurm` group.
@@ -203,7 +206,7 @@ fn default_nfs_path() -> String {
     "/opt/data".into()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawPackages {
     /// Installed on every node.
@@ -214,7 +217,7 @@ pub struct RawPackages {
     pub extra: BTreeMap<Spanned<String>, Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawTree {
     /// Top-level directories hardlinked from the base (read-mostly).
@@ -240,7 +243,7 @@ fn default_link() -> Vec<Spanned<String>> {
     .collect()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawSecrets {
     /// Directory of secrets (munge key, k3s token, host keys), relative to
@@ -248,7 +251,7 @@ pub struct RawSecrets {
     pub dir: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawNode {
     /// Inventory name (z1, p5...), used on the command line.
@@ -271,7 +274,7 @@ pub struct RawNode {
     pub overrides: RawOverrides,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields)]
 pub struct RawOverrides {
     /// Extra packages for this host only.

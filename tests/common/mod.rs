@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use walkdir::WalkDir;
 
+#[path = "../support/mod.rs"]
+mod support;
+pub use support::*;
+
 pub const PI_FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../shared/fixtures/debian-bookworm-arm64-pi.tar.xz"
@@ -33,11 +37,11 @@ pub fn is_root() -> bool {
 /// beside, then renamed, so a half-extracted tree is never reused.
 pub fn extracted(fixture: &str, name: &str) -> Option<PathBuf> {
     if !is_root() {
-        eprintln!("SKIP: extracting the fixture with its owners needs root");
+        skip("extracting the fixture with its owners needs root");
         return None;
     }
     if !Path::new(fixture).exists() {
-        eprintln!("SKIP: fixture {fixture} is missing");
+        skip(&format!("fixture {fixture} is missing"));
         return None;
     }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("roles-{name}"));

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+#[path = "../support/mod.rs"]
+mod support;
+pub use support::*;
+
 pub const EPOCH: u64 = 1_700_000_000;
 
 pub fn is_root() -> bool {

@@ -1,0 +1,169 @@
+//! `check` and `show`: the plan of every node, or every variable of one.
+
+use super::commands::load;
+use super::Cli;
+use crate::error::UsageError;
+use crate::profile::{self, plan::NodePlan, Profile};
+use anyhow::Result;
+use std::io::Write;
+
+pub fn check(cli: &Cli) -> Result<()> {
+    let p = load(cli)?;
+    let plans: Vec<NodePlan> = p.nodes.iter().map(|n| p.plan(n)).collect();
+    if cli.global.json {
+        let v = serde_json::json!({
+            "profile": p.file,
+            "cluster": p.name,
+            "base": p.base,
+            "secrets_dir": p.secrets_dir,
+            "nodes": plans.iter().map(|pl| serde_json::json!({
+                "name": pl.name,
+                "hostname": pl.hostname,
+                "kind": pl.kind,
+                "model": pl.model,
+                "address": pl.address,
+                "groups": pl.groups,
+                "features": features(pl),
+                "overlays": pl.overlays,
+                "artifacts": artifacts(pl),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut o = std::io::stdout().lock();
+    writeln!(
+        o,
+        "profile {} (cluster {}): valid",
+        p.file.display(),
+        p.name
+    )?;
+    writeln!(o, "base: {}", describe_base(&p))?;
+    writeln!(
+        o,
+        "controller: {} ({}) lan {} zeros {}",
+        p.controller.hostname,
+        p.controller.aliases.join(", "),
+        p.controller.lan_address,
+        p.controller.zero_address
+    )?;
+    for pl in &plans {
+        writeln!(
+            o,
+            "\n{} [{}] {} {} hostname={} groups={}",
+            pl.name,
+            serde_json::to_value(pl.kind)?.as_str().unwrap_or(""),
+            pl.model,
+            pl.address,
+            pl.hostname,
+            pl.groups.join(",")
+        )?;
+        writeln!(o, "  features:  {}", features(pl).join(", "))?;
+        writeln!(o, "  overlays:  {}", pl.overlays.join(" < "))?;
+        writeln!(o, "  packages:  {}", pl.packages.join(" "))?;
+        writeln!(o, "  artifacts: {}", artifacts(pl).join(", "))?;
+    }
+    Ok(())
+}
+
+fn describe_base(p: &Profile) -> String {
+    match &p.base.source {
+        profile::BaseSource::Archive { path, .. } => format!("archive {}", path.display()),
+        profile::BaseSource::Url { url, checksum } => format!("{url} ({checksum})"),
+        profile::BaseSource::Debian(r) => format!(
+            "Debian {} {} {} via mmdebstrap, {} packages",
+            r.suite,
+            r.architecture,
+            r.variant,
+            r.packages.len()
+        ),
+    }
+}
+
+fn features(pl: &NodePlan) -> Vec<String> {
+    let mut f = vec![];
+    if pl.munge {
+        f.push("munge".to_string());
+    }
+    if pl.slurm {
+        f.push("slurm".into());
+    }
+    if pl.docker {
+        f.push("docker".into());
+    }
+    if let Some(r) = &pl.k3s_role {
+        f.push(format!("k3s-{r}"));
+    }
+    if let Some(r) = &pl.nfs_role {
+        f.push(format!("nfs-{r}"));
+    }
+    if let Some(u) = &pl.usbboot {
+        f.push(format!("usbboot {}", u.pname));
+    }
+    if pl.zero_route.is_some() {
+        f.push("zero-route".into());
+    }
+    f
+}
+
+fn artifacts(pl: &NodePlan) -> Vec<String> {
+    let mut a = vec![
+        format!("{}/ (tree)", pl.name),
+        format!("{}.tar.zst", pl.name),
+    ];
+    if pl.kind == profile::NodeKind::Sd {
+        a.push(format!("{}.img (+ .bmap, .sha256)", pl.name));
+    }
+    a
+}
+
+pub fn show(cli: &Cli, node: &str) -> Result<()> {
+    let p = load(cli)?;
+    let n = p
+        .node(node)
+        .ok_or_else(|| UsageError(format!("unknown node `{node}` in {}", p.file.display())))?;
+    let plan = p.plan(n);
+    let v = serde_json::to_value(&plan)?;
+    if cli.global.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let mut o = std::io::stdout().lock();
+        flatten(&mut o, "", &v)?;
+    }
+    Ok(())
+}
+
+/// Print a JSON value as `key.sub = value` lines, like an inventory dump.
+fn flatten(o: &mut impl Write, prefix: &str, v: &serde_json::Value) -> Result<()> {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(o, &key, x)?;
+            }
+        }
+        serde_json::Value::Array(a) if a.iter().all(|x| !x.is_object()) => {
+            let items: Vec<String> = a
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .collect();
+            writeln!(o, "{prefix} = [{}]", items.join(", "))?;
+        }
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                flatten(o, &format!("{prefix}[{i}]"), x)?;
+            }
+        }
+        serde_json::Value::String(s) => writeln!(o, "{prefix} = {s}")?,
+        other => writeln!(o, "{prefix} = {other}")?,
+    }
+    Ok(())
+}
