@@ -8,6 +8,8 @@
 #[path = "../cli_support/mod.rs"]
 mod cli_support;
 
+pub use cli_support::skip;
+
 use sha2::Digest;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -15,19 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub use cli_support::MINBASE;
-
-/// Whether the tests run in CI, where a test that cannot run fails.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Skip (outside CI) or fail (under CI=true) for `reason`.
-pub fn skip(reason: &str) {
-    if in_ci() {
-        panic!("this test would skip, which fails under CI=true: {reason}");
-    }
-    eprintln!("SKIP: {reason}");
-}
 
 /// True when the test can run here (root, fixture); otherwise skips.
 pub fn ready() -> bool {
