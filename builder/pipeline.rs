@@ -122,7 +122,7 @@ pub fn build_tree(
     public: Option<&mut Vec<SecretFile>>,
 ) -> Result<()> {
     let started = Instant::now();
-    crate::tree::remove_tree(dest)?;
+    crate::fs::remove_tree(dest)?;
     let stats = crate::tree::compose(&base.root, dest, &profile.link_dirs)
         .with_context(|| format!("composing the tree of {}", plan.name))?;
     let overlays = overlays_dir(profile);
@@ -526,7 +526,7 @@ pub fn sd_image(
         .into_owned();
     let staged_image = dir.join(commit::staged(&name));
     let built = crate::disk::build_sd_image(&plan, &tree, &layout, &staged_image, epoch as u64);
-    crate::tree::remove_tree(&tree)?;
+    crate::fs::remove_tree(&tree)?;
     let built = built?;
     let sums = crate::disk::sha256_path(&staged_image);
     std::fs::write(&sums, format!("{}  {name}\n", built.sha256))
@@ -647,7 +647,7 @@ pub fn release(
     }
     // Trees are for local deploys; a release ships tarballs.
     for n in &mut manifest.nodes {
-        crate::tree::remove_tree(&out.join(&n.tree))?;
+        crate::fs::remove_tree(&out.join(&n.tree))?;
     }
     manifest.save(out)?;
     if let Some(bundle) = secrets_bundle {

@@ -89,3 +89,17 @@ impl Progress {
         }
     }
 }
+
+/// A reader that advances a progress display as its bytes pass.
+pub struct ProgressReader<'a, R> {
+    pub inner: R,
+    pub progress: &'a mut Progress,
+}
+
+impl<R: std::io::Read> std::io::Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.inc(n as u64);
+        Ok(n)
+    }
+}

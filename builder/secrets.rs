@@ -7,8 +7,7 @@ use anyhow::{bail, Context, Result};
 use rand::RngCore;
 use ssh_key::{rand_core::OsRng, Algorithm, LineEnding, PrivateKey};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub const MUNGE_KEY: &str = "munge.key";
@@ -34,26 +33,9 @@ fn write_secret(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<bool
         .mode(0o700)
         .create(parent)
         .with_context(|| format!("creating {}", parent.display()))?;
-    // Write beside and rename, so a crash never leaves a truncated key.
-    // The pid keeps two concurrent runs from sharing a temporary file.
-    let tmp = parent.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().unwrap().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))?;
+    // A new inode renamed into place: a crash never leaves a truncated key.
+    let inode = crate::fs::Inode::new(mode, crate::fs::Durability::Publish);
+    crate::fs::write_new(path, data, inode)?;
     Ok(true)
 }
 

@@ -73,7 +73,7 @@ fn workdir(name: &str) -> PathBuf {
         .join("boot_qemu")
         .join(name);
     if dir.exists() {
-        chbuild::tree::remove_tree(&dir).unwrap();
+        chbuild::fs::remove_tree(&dir).unwrap();
     }
     std::fs::create_dir_all(&dir).unwrap();
     dir

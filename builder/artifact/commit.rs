@@ -219,7 +219,7 @@ fn replay(dir: &Path, moves: &[Move]) -> Result<()> {
 fn remove_any(path: &Path) -> Result<()> {
     match path.symlink_metadata() {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Ok(md) if md.is_dir() => crate::tree::remove_tree(path),
+        Ok(md) if md.is_dir() => crate::fs::remove_tree(path),
         _ => match fs::remove_file(path) {
             Err(e) if e.kind() != ErrorKind::NotFound => {
                 Err(e).with_context(|| format!("removing {}", path.display()))

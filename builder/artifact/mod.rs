@@ -4,13 +4,14 @@
 pub mod commit;
 pub mod public;
 
+use crate::fs::{Durability, Inode, NewFile};
 use crate::profile::Profile;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use walkdir::WalkDir;
@@ -180,36 +181,15 @@ pub fn verify(dir: &Path) -> Result<Vec<String>> {
     Ok(files.into_iter().map(|(n, _)| n).collect())
 }
 
-/// Write a file beside its destination and rename it into place.
+/// Write a published file (manifest, sums, stamps) as a new inode.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = tmp_sibling(path);
-    fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
-}
-
-/// `dir/.name.tmp`: a hidden sibling on the same file system.
-pub fn tmp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
+    crate::fs::write_new(path, data, Inode::new(0o644, Durability::Publish))
 }
 
 /// sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
+    crate::fs::read_chunks(path, |b| h.update(b))?;
     Ok(hex::encode(h.finalize()))
 }
 
@@ -243,19 +223,26 @@ pub struct TarballInfo {
 /// sorted (the tar crate normalizes `./name` to `name`), numeric owners, mtimes clamped to `epoch`,
 /// xattrs as pax records, hardlinks inside the tree as link entries.
 pub fn write_tar_zst(tree: &Path, out: &Path, epoch: i64) -> Result<TarballInfo> {
-    let tmp = tmp_sibling(out);
     // The tarball carries the node's secrets (munge key, host key, password
     // hash): it is never readable by others.
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        let _ = fs::remove_file(&tmp);
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?
-    };
+    let new = NewFile::create(out, Inode::new(0o600, Durability::Publish))?;
+    let tmp = new.path().to_path_buf();
+    let (sha256, size, files) = write_entries(tree, new.file(), &tmp, epoch)?;
+    new.commit()?;
+    Ok(TarballInfo {
+        sha256,
+        size,
+        files,
+    })
+}
+
+/// The tar.zst stream of `tree` into `file`: (sha256, size, regular files).
+fn write_entries(
+    tree: &Path,
+    file: &fs::File,
+    tmp: &Path,
+    epoch: i64,
+) -> Result<(String, u64, u64)> {
     let hashing = HashingWriter {
         inner: BufWriter::new(file),
         hash: Sha256::new(),
@@ -353,39 +340,19 @@ pub fn write_tar_zst(tree: &Path, out: &Path, epoch: i64) -> Result<TarballInfo>
         .finish()
         .with_context(|| format!("finishing {}", tmp.display()))?;
     hashing.flush()?;
-    let sha256 = hex::encode(hashing.hash.finalize());
-    let size = hashing.len;
-    hashing
-        .inner
+    let HashingWriter { inner, hash, len } = hashing;
+    inner
         .into_inner()
         .map_err(|e| e.into_error())
-        .and_then(|f| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, out).with_context(|| format!("renaming {} into place", out.display()))?;
-    Ok(TarballInfo {
-        sha256,
-        size,
-        files,
-    })
+    Ok((hex::encode(hash.finalize()), len, files))
 }
 
 fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    let names = match xattr::list(path) {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(vec![]),
-        Err(e) => return Err(e).with_context(|| format!("listing xattrs of {}", path.display())),
-    };
-    let mut out = Vec::new();
-    for n in names {
-        let key = n.to_string_lossy().into_owned();
-        if let Some(v) =
-            xattr::get(path, &n).with_context(|| format!("reading xattrs of {}", path.display()))?
-        {
-            out.push((key, v));
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(crate::fs::read_xattrs(path)?
+        .into_iter()
+        .map(|(k, v)| (k.to_string_lossy().into_owned(), v))
+        .collect())
 }
 
 #[cfg(test)]

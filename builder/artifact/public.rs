@@ -4,11 +4,12 @@
 //! The bundle is a zstd tar of `<node>/<path>` entries with their owners
 //! and modes; it is written 0600 and never beside the public artifacts.
 
+use crate::fs::{Durability, Inode, NewFile};
 use crate::profile::plan::NodePlan;
 use anyhow::{Context, Result};
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// One secret file taken out of a node tree.
@@ -78,64 +79,20 @@ fn lock_user(shadow: &str, user: &str) -> String {
 }
 
 /// Write a new inode with the old one's owner, mode and mtime, then
-/// rename it over the old name (the old inode may be shared).
+/// rename it over the old name (the old inode may be shared). The tree is
+/// still being built.
 fn replace_file(path: &Path, data: &[u8], meta: &fs::Metadata) -> Result<()> {
     let mtime = filetime::FileTime::from_last_modification_time(meta);
-    write_inode(
-        path,
-        data,
-        meta.mode() & 0o7777,
-        meta.uid(),
-        meta.gid(),
-        Some(mtime),
-    )
-}
-
-/// Write `data` as a new inode with the given owner and mode (and mtime),
-/// beside `path`, and rename it into place.
-fn write_inode(
-    path: &Path,
-    data: &[u8],
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: Option<filetime::FileTime>,
-) -> Result<()> {
-    let tmp = super::tmp_sibling(path);
-    let _ = fs::remove_file(&tmp);
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, data))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    if nix::unistd::geteuid().is_root() {
-        std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid))
-            .with_context(|| format!("chown {}", tmp.display()))?;
-    }
-    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .with_context(|| format!("chmod {}", tmp.display()))?;
-    if let Some(t) = mtime {
-        filetime::set_file_times(&tmp, t, t)
-            .with_context(|| format!("setting times of {}", tmp.display()))?;
-    }
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
+    let inode = Inode::like(Some(meta), 0o600, Durability::InStagedTree).mtime(Some(mtime));
+    crate::fs::write_new(path, data, inode)
 }
 
 /// Write the bundle (sorted, deterministic for a given epoch), mode 0600.
 pub fn write_bundle(path: &Path, files: &[SecretFile], epoch: i64) -> Result<()> {
     let mut files = files.to_vec();
     files.sort_by(|a, b| (&a.node, &a.path).cmp(&(&b.node, &b.path)));
-    let tmp = super::tmp_sibling(path);
-    let _ = fs::remove_file(&tmp);
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    let mut enc = zstd::Encoder::new(f, 3)?;
+    let new = NewFile::create(path, Inode::new(0o600, Durability::Publish))?;
+    let mut enc = zstd::Encoder::new(new.file(), 3)?;
     enc.multithread(1)?;
     let mut b = tar::Builder::new(enc);
     for s in &files {
@@ -147,15 +104,12 @@ pub fn write_bundle(path: &Path, files: &[SecretFile], epoch: i64) -> Result<()>
         h.set_mtime(epoch.max(0) as u64);
         h.set_size(s.data.len() as u64);
         b.append_data(&mut h, format!("{}/{}", s.node, s.path), s.data.as_slice())
-            .with_context(|| format!("writing {}", tmp.display()))?;
+            .with_context(|| format!("writing {}", path.display()))?;
     }
-    let f = b
-        .into_inner()
+    b.into_inner()
         .and_then(|e| e.finish())
-        .with_context(|| format!("finishing {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
+        .with_context(|| format!("finishing {}", path.display()))?;
+    new.commit()
 }
 
 /// The secret files of one node in a bundle.
@@ -207,7 +161,9 @@ pub fn apply_secrets(tree: &Path, files: &[SecretFile]) -> Result<Vec<PathBuf>> 
         if !parent.is_dir() {
             anyhow::bail!("{}: the tree has no {}", tree.display(), parent.display());
         }
-        write_inode(&p, &s.data, s.mode, s.uid, s.gid, None)?;
+        // Into a staged tree, which deploy flushes before its swap.
+        let inode = Inode::new(s.mode & 0o7777, Durability::InStagedTree).owner(s.uid, s.gid);
+        crate::fs::write_new(&p, &s.data, inode)?;
         written.push(PathBuf::from(&s.path));
     }
     Ok(written)

@@ -2,13 +2,14 @@
 //! difference between two of them (`deploy --diff`). A tarball's listing is
 //! read while its sha256 is computed, so verifying a bundle costs one pass.
 
-use anyhow::{bail, Context, Result};
+use crate::unpack::normalize;
+use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 /// What `--diff` compares: type, permissions, owner and content (file hash,
 /// link target or device number). Times are left out on purpose: a rebuilt
@@ -26,23 +27,6 @@ pub struct Entry {
 /// Relative path (no `./` prefix) to entry; the tree root itself is left out.
 pub type Listing = BTreeMap<String, Entry>;
 
-/// A tarball path made relative and checked: `None` for the root entry,
-/// an error for absolute paths or `..` (nothing may land outside the tree).
-pub fn normalize(path: &Path) -> Result<Option<PathBuf>> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::Normal(p) => out.push(p),
-            _ => bail!(
-                "archive entry `{}` leaves the tree (absolute or `..`)",
-                path.display()
-            ),
-        }
-    }
-    Ok((!out.as_os_str().is_empty()).then_some(out))
-}
-
 fn hash_reader(r: &mut impl Read) -> std::io::Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -56,11 +40,7 @@ fn hash_reader(r: &mut impl Read) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    hash_reader(&mut f).with_context(|| format!("reading {}", path.display()))
-}
+use crate::artifact::sha256_file;
 
 /// Listing of a directory tree; `with_content` also hashes every file.
 pub fn of_dir(root: &Path, with_content: bool) -> Result<Listing> {
@@ -149,9 +129,12 @@ pub fn of_tarball(path: &Path) -> Result<(String, Listing)> {
     let mut file_hashes: BTreeMap<String, (String, u64)> = BTreeMap::new();
     for entry in ar.entries().with_context(ctx)? {
         let mut e = entry.with_context(ctx)?;
-        let Some(rel) = normalize(&e.path().with_context(ctx)?)? else {
+        let name = e.path().with_context(ctx)?.into_owned();
+        let rel = normalize(&name)
+            .with_context(|| format!("archive entry `{}` in {}", name.display(), path.display()))?;
+        if rel.as_os_str().is_empty() {
             continue;
-        };
+        }
         let rel = rel.to_string_lossy().into_owned();
         let h = e.header().clone();
         let t = h.entry_type();
@@ -163,7 +146,7 @@ pub fn of_tarball(path: &Path) -> Result<(String, Listing)> {
         } else if t.is_hard_link() {
             // A hard link has the content of its target, seen earlier.
             let target = e.link_name().with_context(ctx)?.unwrap_or_default();
-            let target = normalize(&target)?.unwrap_or_default();
+            let target = normalize(&target)?;
             let (c, s) = file_hashes
                 .get(&*target.to_string_lossy())
                 .cloned()
@@ -227,18 +210,6 @@ pub fn diff(current: &Listing, new: &Listing, ignore: &[&str]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalize_rejects_escapes() {
-        assert_eq!(normalize(Path::new("./")).unwrap(), None);
-        assert_eq!(
-            normalize(Path::new("./etc/hosts")).unwrap(),
-            Some(PathBuf::from("etc/hosts"))
-        );
-        assert!(normalize(Path::new("../etc")).is_err());
-        assert!(normalize(Path::new("/etc")).is_err());
-        assert!(normalize(Path::new("a/../../b")).is_err());
-    }
 
     #[test]
     fn diff_marks_added_removed_changed() {

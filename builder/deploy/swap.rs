@@ -13,10 +13,8 @@
 //! left by a dead run are deleted on startup.
 
 use anyhow::{Context, Result};
-use nix::fcntl::{renameat2, RenameFlags};
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File};
-use std::os::fd::AsRawFd;
+use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -46,19 +44,18 @@ pub enum Recovered {
     Finished,
 }
 
-/// ClusterCTRL's NFS directory, opened so that renames go through one
-/// directory handle and can be made durable with one fsync.
+/// ClusterCTRL's NFS directory, opened once: renames and exchanges go
+/// through [`crate::fs::Dir`], which flushes the directory after each.
 pub struct NfsDir {
+    dir: crate::fs::Dir,
     pub path: PathBuf,
-    handle: File,
 }
 
 impl NfsDir {
     pub fn open(path: &Path) -> Result<NfsDir> {
-        let handle = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Ok(NfsDir {
+            dir: crate::fs::Dir::open(path)?,
             path: path.to_path_buf(),
-            handle,
         })
     }
 
@@ -70,43 +67,24 @@ impl NfsDir {
         self.join(name).symlink_metadata().is_ok()
     }
 
-    /// Make renames in the directory durable.
+    /// Make removals in the directory durable.
     pub fn sync(&self) -> Result<()> {
-        self.handle
-            .sync_all()
-            .with_context(|| format!("syncing {}", self.path.display()))
+        self.dir.sync()
     }
 
     /// Flush the whole file system (staged data before the swap).
     pub fn syncfs(&self) -> Result<()> {
-        nix::unistd::syncfs(self.handle.as_raw_fd())
-            .with_context(|| format!("syncing the file system of {}", self.path.display()))
-    }
-
-    fn rename_flags(&self, from: &str, to: &str, flags: RenameFlags) -> Result<()> {
-        let fd = Some(self.handle.as_raw_fd());
-        renameat2(fd, from, fd, to, flags).with_context(|| {
-            let what = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
-                "exchanging"
-            } else {
-                "renaming"
-            };
-            format!(
-                "{what} {} and {} (the file system must support renameat2)",
-                self.join(from).display(),
-                self.join(to).display()
-            )
-        })
+        self.dir.syncfs()
     }
 
     /// Exchange two entries atomically.
     pub fn exchange(&self, a: &str, b: &str) -> Result<()> {
-        self.rename_flags(a, b, RenameFlags::RENAME_EXCHANGE)
+        self.dir.exchange(a, b)
     }
 
     /// Rename, refusing to replace an existing entry.
     pub fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.rename_flags(from, to, RenameFlags::RENAME_NOREPLACE)
+        self.dir.rename(from, to)
     }
 
     pub fn ino(&self, name: &str) -> Option<u64> {
@@ -121,7 +99,6 @@ impl NfsDir {
         }
         let d = format!(".{name}.discard-{}", std::process::id());
         self.rename(name, &d)?;
-        self.sync()?;
         remove_tree(&self.join(&d))
     }
 
@@ -132,8 +109,8 @@ impl NfsDir {
     pub fn write_txn(&self, pname: &str, txn: &Txn) -> Result<()> {
         let path = self.join(&Self::txn_name(pname));
         let text = serde_json::to_vec_pretty(txn)?;
-        super::stage::write_file_atomic(&path, &text)?;
-        self.sync()
+        // Published: flushed with its directory before this returns.
+        super::stage::write_file_atomic(&path, &text)
     }
 
     pub fn read_txn(&self, pname: &str) -> Result<Option<Txn>> {
@@ -158,11 +135,10 @@ impl NfsDir {
     /// or a plain rename on a first deploy.
     pub fn swap_into_place(&self, pname: &str, txn: &Txn) -> Result<()> {
         if txn.had_old {
-            self.exchange(&txn.staging, pname)?;
+            self.exchange(&txn.staging, pname)
         } else {
-            self.rename(&txn.staging, pname)?;
+            self.rename(&txn.staging, pname)
         }
-        self.sync()
     }
 
     /// Undo a swap that was not committed: the old tree goes back to `pN`,
@@ -173,7 +149,6 @@ impl NfsDir {
         } else {
             self.rename(pname, &txn.staging)?;
         }
-        self.sync()?;
         remove_tree(&self.join(&txn.staging))?;
         self.remove_txn(pname)
     }
@@ -190,7 +165,6 @@ impl NfsDir {
             let prev = format!("{pname}.prev");
             self.discard(&prev)?;
             self.rename(&txn.staging, &prev)?;
-            self.sync()?;
         }
         self.remove_txn(pname)
     }
@@ -258,7 +232,7 @@ impl NfsDir {
     }
 }
 
-pub use crate::tree::remove_tree;
+pub use crate::fs::remove_tree;
 
 #[cfg(test)]
 mod tests {

@@ -12,11 +12,11 @@ mod treefix;
 
 pub use layout::{default_layout_path, load_layout, parse_layout, Layout, TableKind};
 
+use crate::fs::{Durability, Inode, NewFile};
 use crate::profile::plan::NodePlan;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use table::Extent;
 
@@ -81,26 +81,9 @@ impl Ids {
     }
 }
 
-/// Write a file through a temp sibling and a rename: nothing half-written.
+/// Write a published file (bmap, sha256 sidecar) as a new inode.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(data)
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("flushing {}", path.display()))?;
-    set_mode(tmp.path(), 0o644)?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))
+    crate::fs::write_new(path, data, Inode::new(0o644, Durability::Publish))
 }
 
 /// The partitions for a root file system of `root_size` bytes.
@@ -158,11 +141,8 @@ pub fn build_sd_image(
     let mut root_size = ext4::fs_size(usage, layout.root_margin, layout.alignment);
     tracing::debug!(elapsed = ?started.elapsed(), ?usage, root_size, "measured the tree");
 
-    let tmp = tempfile::Builder::new()
-        .prefix(".chbuild-sd-")
-        .suffix(".img.tmp")
-        .tempfile_in(out_dir)
-        .with_context(|| format!("creating a temporary image in {}", out_dir.display()))?;
+    // The image holds the node's secrets (munge key, host key, shadow).
+    let tmp = NewFile::create(out, Inode::new(0o600, Durability::Publish))?;
     let img = tmp.path().to_path_buf();
     let table_ids = table::TableIds {
         mbr_signature: ids.u32("mbr"),
@@ -174,7 +154,7 @@ pub fn build_sd_image(
     let mut head = None;
     for attempt in 0.. {
         let (parts, total) = geometry(layout, root_size);
-        let f = tmp.as_file();
+        let f = tmp.file();
         f.set_len(0)
             .and_then(|_| f.set_len(total))
             .with_context(|| format!("sizing {}", img.display()))?;
@@ -238,17 +218,11 @@ pub fn build_sd_image(
             root_size >> 20
         );
     }
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("flushing {}", img.display()))?;
-    // The image holds the node's secrets (munge key, host key, shadow).
-    set_mode(&img, 0o600)?;
     tracing::debug!(elapsed = ?started.elapsed(), "root partition written");
     let (map, sha256) = bmap::map_image(&img, head)?;
     tracing::debug!(elapsed = ?started.elapsed(), "image mapped and hashed");
     let size = map.image_size;
-    tmp.persist(out)
-        .with_context(|| format!("renaming the image to {}", out.display()))?;
+    tmp.commit()?;
     let (bmap_path, sha_path) = bmap::write_sidecars(out, &map, &sha256)?;
     tracing::info!(
         "{}: {} MiB image, {} MiB of data, in {:.1} s",
@@ -316,28 +290,27 @@ pub fn compress_image(image: &Path, kind: Compress) -> Result<PathBuf> {
         Compress::Xz => "xz",
     };
     let out = image.with_file_name(format!("{name}.{ext}"));
-    let dir = out.parent().unwrap_or(Path::new("."));
     let mut input = File::open(image).with_context(|| format!("opening {}", image.display()))?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    // A compressed image holds the same secrets as the image.
+    let tmp = NewFile::create(&out, Inode::new(0o600, Durability::Publish))?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
     let len = input.metadata().map(|m| m.len()).ok();
     let mut progress = crate::progress::Progress::bytes("compressing", len);
-    let mut reader = ProgressReader {
+    let mut reader = crate::progress::ProgressReader {
         inner: &mut input,
         progress: &mut progress,
     };
-    let file = match kind {
+    match kind {
         Compress::Zst => {
-            let mut enc = zstd::Encoder::new(tmp.as_file(), 3).context("starting zstd")?;
+            let mut enc = zstd::Encoder::new(tmp.file(), 3).context("starting zstd")?;
             // multithread(n >= 1) gives the same bytes for any n; 0 differs.
             enc.multithread(threads.max(1)).context("zstd threads")?;
             enc.include_checksum(true).context("zstd checksum")?;
             std::io::copy(&mut reader, &mut enc)
                 .with_context(|| format!("compressing {}", image.display()))?;
-            enc.finish().context("finishing zstd")?
+            enc.finish().context("finishing zstd")?;
         }
         Compress::Xz => {
             let stream = liblzma::stream::MtStreamBuilder::new()
@@ -346,33 +319,15 @@ pub fn compress_image(image: &Path, kind: Compress) -> Result<PathBuf> {
                 .check(liblzma::stream::Check::Crc64)
                 .encoder()
                 .context("starting xz")?;
-            let mut enc = liblzma::write::XzEncoder::new_stream(tmp.as_file(), stream);
+            let mut enc = liblzma::write::XzEncoder::new_stream(tmp.file(), stream);
             std::io::copy(&mut reader, &mut enc)
                 .with_context(|| format!("compressing {}", image.display()))?;
-            enc.finish().context("finishing xz")?
+            enc.finish().context("finishing xz")?;
         }
-    };
-    progress.finish();
-    file.sync_all()
-        .with_context(|| format!("flushing {}", out.display()))?;
-    // A compressed image holds the same secrets as the image.
-    set_mode(tmp.path(), 0o600)?;
-    tmp.persist(&out)
-        .with_context(|| format!("renaming into {}", out.display()))?;
-    Ok(out)
-}
-
-struct ProgressReader<'a, R> {
-    inner: &'a mut R,
-    progress: &'a mut crate::progress::Progress,
-}
-
-impl<R: std::io::Read> std::io::Read for ProgressReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.inc(n as u64);
-        Ok(n)
     }
+    progress.finish();
+    tmp.commit()?;
+    Ok(out)
 }
 
 #[cfg(test)]

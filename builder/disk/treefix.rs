@@ -3,6 +3,7 @@
 //! may be hardlinks shared with other nodes and the store: nothing is
 //! opened for writing, every change is a new file renamed over the old.
 
+use crate::fs::{Durability, Inode};
 use anyhow::{Context, Result};
 use filetime::FileTime;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -177,9 +178,9 @@ fn ensure_dirs(tree: &Path, rel: &Path, times: &mut DirTimes) -> Result<()> {
     Ok(())
 }
 
-/// Replace (or create) `rel` in the tree with `data`: a new file beside
-/// it, owner and mode of the old one (or root-ish defaults), mtime =
-/// SOURCE_DATE_EPOCH, renamed over. Never writes into an existing file.
+/// Replace (or create) `rel` in the tree with `data` as a new inode:
+/// owner and mode of the old file (or `mode`, owned like the directory),
+/// mtime = SOURCE_DATE_EPOCH. Never writes into an existing file.
 fn replace_file(
     tree: &Path,
     rel: &str,
@@ -188,34 +189,8 @@ fn replace_file(
     epoch: u64,
     times: &mut DirTimes,
 ) -> Result<()> {
-    use std::io::Write;
-    let path = tree.join(rel);
-    let dir = path.parent().context("no parent")?;
-    ensure_dirs(tree, dir.strip_prefix(tree).unwrap_or(Path::new("")), times)?;
-    times.keep(dir)?;
-    let (uid, gid, mode) = match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.is_file() => (m.uid(), m.gid(), m.mode() & 0o7777),
-        _ => {
-            let pm =
-                std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-            (pm.uid(), pm.gid(), mode)
-        }
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".chbuild-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(data)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
-    chown_like(tmp.path(), uid, gid)?;
-    let t = FileTime::from_unix_time(epoch as i64, 0);
-    filetime::set_file_times(tmp.path(), t, t)
-        .with_context(|| format!("setting the time of {}", path.display()))?;
-    tmp.persist(&path)
-        .with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    let (path, inode) = prepare(tree, rel, mode, epoch, times)?;
+    crate::fs::write_new(&path, data, inode)
 }
 
 /// A symlink made beside and renamed over, like the files.
@@ -226,21 +201,37 @@ fn replace_symlink(
     epoch: u64,
     times: &mut DirTimes,
 ) -> Result<()> {
+    let (path, inode) = prepare(tree, rel, 0o777, epoch, times)?;
+    crate::fs::symlink_new(&path, Path::new(target), inode)
+}
+
+/// The parents of `rel` made, their times kept; the path and what its new
+/// inode gets. The tree is about to go into an image, not published as
+/// files: no flush per file.
+fn prepare(
+    tree: &Path,
+    rel: &str,
+    mode: u32,
+    epoch: u64,
+    times: &mut DirTimes,
+) -> Result<(PathBuf, Inode)> {
     let path = tree.join(rel);
     let dir = path.parent().context("no parent")?;
     ensure_dirs(tree, dir.strip_prefix(tree).unwrap_or(Path::new("")), times)?;
     times.keep(dir)?;
-    let tmp = dir.join(format!(".chbuild-link-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    let pm = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-    chown_like(&tmp, pm.uid(), pm.gid())?;
+    let old = std::fs::symlink_metadata(&path)
+        .ok()
+        .filter(|m| m.is_file());
+    let inode = match old {
+        Some(m) => Inode::like(Some(&m), mode, Durability::InStagedTree),
+        None => {
+            let pm =
+                std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+            Inode::new(mode, Durability::InStagedTree).owner(pm.uid(), pm.gid())
+        }
+    };
     let t = FileTime::from_unix_time(epoch as i64, 0);
-    filetime::set_symlink_file_times(&tmp, t, t)
-        .with_context(|| format!("setting the time of {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    Ok((path, inode.mtime(Some(t))))
 }
 
 /// Point cmdline.txt and fstab at the partitions, install the first-boot

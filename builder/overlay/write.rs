@@ -12,12 +12,13 @@
 //! never at the build machine), so no tree content can make chbuild write
 //! outside the tree.
 
+use crate::fs::{symlink_new, Durability, Inode, NewFile};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// Numeric owner of a file in the tree (names are resolved against the
@@ -202,27 +203,27 @@ impl TreeWriter {
         Ok(())
     }
 
-    /// Prepare the final host path of a new entry: parents exist, the temp
-    /// name beside it is free. Returns (resolved rel, final path, temp path).
-    fn prepare(&self, rel: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    /// Prepare the final host path of a new entry: parents exist, and it
+    /// is not a directory. Returns (resolved rel, final path).
+    fn prepare(&self, rel: &Path) -> Result<(PathBuf, PathBuf)> {
         let resolved = self.resolve(rel, false)?;
-        let name = resolved
-            .file_name()
-            .with_context(|| format!("{} names no file", rel.display()))?
-            .to_string_lossy()
-            .into_owned();
+        if resolved.file_name().is_none() {
+            bail!("{} names no file", rel.display());
+        }
         self.mkdir_parents(&resolved)?;
         let host = self.root.join(&resolved);
         if fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
             bail!("{} is a directory, not a file", host.display());
         }
-        let tmp = host.with_file_name(format!(".{name}.chbuild-new"));
-        match fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
-        }
-        Ok((resolved, host, tmp))
+        Ok((resolved, host))
+    }
+
+    /// Owner, mode and time of what this writer makes. The tree is still
+    /// being built: its publisher flushes it (see `crate::fs`).
+    fn inode(&self, mode: u32, owner: Owner) -> Inode {
+        Inode::new(mode, Durability::InStagedTree)
+            .owner(owner.uid, owner.gid)
+            .mtime(self.mtime)
     }
 
     /// Write a file as a new inode with the given mode and owner, replacing
@@ -262,56 +263,21 @@ impl TreeWriter {
         rel: &Path,
         mode: u32,
         owner: Owner,
-        fill: impl FnOnce(&mut fs::File, &Path) -> Result<()>,
+        fill: impl FnOnce(&mut &fs::File, &Path) -> Result<()>,
     ) -> Result<()> {
-        let (resolved, host, tmp) = self.prepare(rel)?;
-        // 0600 until the content is in, so a secret is never briefly
-        // readable by others.
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        let result = (|| {
-            fill(&mut f, &tmp)?;
-            // chown before chmod: chown clears setuid/setgid bits.
-            nix::unistd::fchown(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                Some(nix::unistd::Uid::from_raw(owner.uid)),
-                Some(nix::unistd::Gid::from_raw(owner.gid)),
-            )
-            .with_context(|| format!("chown {}", tmp.display()))?;
-            f.set_permissions(fs::Permissions::from_mode(mode))
-                .with_context(|| format!("chmod {}", tmp.display()))?;
-            if let Some(t) = self.mtime {
-                filetime::set_file_handle_times(&f, Some(t), Some(t))
-                    .with_context(|| format!("setting times of {}", tmp.display()))?;
-            }
-            fs::rename(&tmp, &host)
-                .with_context(|| format!("renaming {} into place", host.display()))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
+        let (resolved, host) = self.prepare(rel)?;
+        let new = NewFile::create(&host, self.inode(mode, owner))?;
+        let mut f = new.file();
+        fill(&mut f, &host)?;
+        new.commit()?;
         self.written.insert(resolved);
         Ok(())
     }
 
     /// Create (or replace) a symlink, owned by root.
     pub fn symlink(&mut self, rel: impl AsRef<Path>, target: impl AsRef<Path>) -> Result<()> {
-        let (resolved, host, tmp) = self.prepare(rel.as_ref())?;
-        std::os::unix::fs::symlink(target.as_ref(), &tmp)
-            .with_context(|| format!("creating symlink {}", tmp.display()))?;
-        std::os::unix::fs::lchown(&tmp, Some(0), Some(0))
-            .with_context(|| format!("chown {}", tmp.display()))?;
-        if let Some(t) = self.mtime {
-            filetime::set_symlink_file_times(&tmp, t, t)
-                .with_context(|| format!("setting times of {}", tmp.display()))?;
-        }
-        fs::rename(&tmp, &host)
-            .with_context(|| format!("renaming {} into place", host.display()))?;
+        let (resolved, host) = self.prepare(rel.as_ref())?;
+        symlink_new(&host, target.as_ref(), self.inode(0o777, Owner::ROOT))?;
         self.written.insert(resolved);
         Ok(())
     }

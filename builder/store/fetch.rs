@@ -7,7 +7,7 @@ use crate::progress::Progress;
 use anyhow::{bail, Context, Result};
 use md5::Md5;
 use sha2::{Digest, Sha256};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -207,15 +207,5 @@ fn fetch_once(agent: &ureq::Agent, url: &str, part: &Path, state: &mut Partial) 
 }
 
 pub fn hash_file(path: &Path, h: &mut Hasher) -> Result<()> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            return Ok(());
-        }
-        h.update(&buf[..n]);
-    }
+    crate::fs::read_chunks(path, |b| h.update(b))
 }

@@ -3,8 +3,8 @@
 //! archive size (buffers, the xz block cache and one record per directory).
 
 use super::manifest::{EntryKind, ManifestEntry, ManifestWriter, MANIFEST, TREE};
-use super::unpack::{display_name, normalize, Attrs, Unpacker};
 use crate::progress::Progress;
+use crate::unpack::{display_name, unpack_tar, Entry};
 use anyhow::{bail, Context, Result};
 use md5::Md5;
 use sha2::{Digest, Sha256};
@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
-use tar::EntryType;
 
 /// Compression formats, told apart by their first bytes, not by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,32 +196,25 @@ pub fn ingest_archive(archive: &Path, dest: &Path, want_md5: bool) -> Result<Ing
         .fill_buf()
         .with_context(|| format!("reading {}", archive.display()))?;
     let compression = Compression::detect(magic).with_context(|| archive.display().to_string())?;
-    let decoder = Decoder::new(compression, raw).with_context(context_of(archive))?;
+    let decoder = Decoder::new(compression, raw)
+        .with_context(|| format!("unpacking {}", archive.display()))?;
 
     let tree = dest.join(TREE);
     std::fs::create_dir(&tree).with_context(|| format!("creating {}", tree.display()))?;
     let mut manifest = ManifestWriter::create(&dest.join(MANIFEST))?;
-    let mut unpacker = Unpacker::new(&tree);
     let mut tar = tar::Archive::new(EofWatch {
         inner: decoder,
         hit_eof: false,
     });
     let (mut entries, mut size) = (0u64, 0u64);
     let context = || format!("reading the archive {}", archive.display());
-    for entry in tar.entries().with_context(context)? {
-        let mut entry = entry.with_context(context)?;
-        let raw_name = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw_name).into_owned();
-        let record = unpack_entry(&mut unpacker, &mut entry)
-            .with_context(|| format!("archive entry `{shown}` in {}", archive.display()))?;
-        if let Some(rec) = record {
-            if rec.kind == EntryKind::File {
-                size += rec.size;
-            }
-            entries += 1;
-            manifest.push(&rec)?;
+    unpack_tar(&mut tar, &tree, archive, |e| {
+        if e.kind == EntryKind::File {
+            size += e.size;
         }
-    }
+        entries += 1;
+        manifest.push(&record(e))
+    })?;
     let watch = tar.into_inner();
     if watch.hit_eof {
         bail!(
@@ -237,15 +229,6 @@ pub fn ingest_archive(archive: &Path, dest: &Path, want_md5: bool) -> Result<Ing
     // Trailing bytes after the compressed stream still count in the digest.
     io::copy(&mut raw, &mut io::sink()).with_context(context)?;
     let hashes = raw.into_inner().finish();
-    // Directory metadata is applied last: its errors need the name too.
-    let skipped = unpacker.finish().with_context(context_of(archive))?;
-    if skipped.devices + skipped.xattrs > 0 {
-        tracing::warn!(
-            "not running as root: left out {} device nodes and {} extended attributes",
-            skipped.devices,
-            skipped.xattrs
-        );
-    }
     manifest.finish()?;
     Ok(Ingested {
         hashes,
@@ -255,147 +238,31 @@ pub fn ingest_archive(archive: &Path, dest: &Path, want_md5: bool) -> Result<Ing
     })
 }
 
-fn context_of(archive: &Path) -> impl Fn() -> String + '_ {
-    move || format!("unpacking {}", archive.display())
-}
-
-/// Unpack one entry; returns its manifest record (None for pax globals).
-fn unpack_entry<R: Read>(
-    un: &mut Unpacker,
-    entry: &mut tar::Entry<'_, R>,
-) -> Result<Option<ManifestEntry>> {
-    let etype = entry.header().entry_type();
-    if matches!(etype, EntryType::XGlobalHeader) {
-        return Ok(None);
-    }
-    let rel = normalize(&entry.path()?)?;
-    let h = entry.header().clone();
-    let mut attrs = Attrs {
-        mode: h.mode()? & 0o7777,
-        uid: h.uid()?,
-        gid: h.gid()?,
-        mtime: h.mtime()? as i64,
-        mtime_nsec: 0,
-        xattrs: vec![],
-    };
-    if let Some(exts) = entry.pax_extensions()? {
-        for ext in exts {
-            let ext = ext?;
-            let key = ext.key()?;
-            if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                attrs
-                    .xattrs
-                    .push((name.to_string(), ext.value_bytes().to_vec()));
-            } else if key == "mtime" {
-                (attrs.mtime, attrs.mtime_nsec) = parse_pax_time(ext.value()?)?;
-            } else if key == "uid" {
-                attrs.uid = ext.value()?.parse().context("pax uid")?;
-            } else if key == "gid" {
-                attrs.gid = ext.value()?.parse().context("pax gid")?;
-            }
-        }
-    }
-    let link = entry.link_name()?.map(|l| l.to_string_lossy().into_owned());
-    let mut rec = ManifestEntry {
-        path: display_name(&rel),
-        kind: EntryKind::File,
-        mode: attrs.mode,
-        uid: attrs.uid,
-        gid: attrs.gid,
-        size: 0,
-        mtime: attrs.mtime,
-        mtime_nsec: attrs.mtime_nsec,
-        link: None,
-        rdev: None,
-        xattrs: attrs
+/// The manifest line of an unpacked entry.
+fn record(e: Entry) -> ManifestEntry {
+    ManifestEntry {
+        path: display_name(&e.path),
+        kind: e.kind,
+        mode: e.attrs.mode,
+        uid: e.attrs.uid,
+        gid: e.attrs.gid,
+        size: e.size,
+        mtime: e.attrs.mtime,
+        mtime_nsec: e.attrs.mtime_nsec,
+        link: e.link,
+        rdev: e.rdev,
+        xattrs: e
+            .attrs
             .xattrs
             .iter()
             .map(|(k, v)| (k.clone(), hex::encode(v)))
             .collect::<BTreeMap<_, _>>(),
-    };
-    match etype {
-        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-            if rel.as_os_str().is_empty() {
-                bail!("a regular file cannot be the tree root");
-            }
-            rec.size = entry.size();
-            un.file(&rel, &attrs, rec.size, entry)?;
-        }
-        EntryType::Directory => {
-            rec.kind = EntryKind::Dir;
-            un.directory(&rel, attrs)?;
-        }
-        EntryType::Symlink => {
-            let target = link.clone().context("symlink without a target")?;
-            rec.kind = EntryKind::Symlink;
-            rec.link = link;
-            un.symlink(&rel, Path::new(&target), &attrs)?;
-        }
-        EntryType::Link => {
-            let target = entry.link_name()?.context("hardlink without a target")?;
-            rec.kind = EntryKind::Hardlink;
-            rec.link = Some(display_name(&normalize(&target)?));
-            un.hardlink(&rel, &target)?;
-        }
-        EntryType::Char | EntryType::Block | EntryType::Fifo => {
-            rec.kind = match etype {
-                EntryType::Char => EntryKind::Char,
-                EntryType::Block => EntryKind::Block,
-                _ => EntryKind::Fifo,
-            };
-            // Only device entries carry device numbers.
-            let rdev = if rec.kind == EntryKind::Fifo {
-                (0, 0)
-            } else {
-                (
-                    h.device_major()?.unwrap_or(0),
-                    h.device_minor()?.unwrap_or(0),
-                )
-            };
-            if rec.kind != EntryKind::Fifo {
-                rec.rdev = Some(rdev);
-            }
-            un.special(&rel, rec.kind, rdev, &attrs)?;
-        }
-        other => bail!("unsupported entry type {other:?}"),
     }
-    Ok(Some(rec))
-}
-
-/// pax times are decimal seconds with an optional fraction ("123.456").
-fn parse_pax_time(s: &str) -> Result<(i64, u32)> {
-    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    let secs: i64 = secs
-        .parse()
-        .with_context(|| format!("bad pax time `{s}`"))?;
-    let mut nanos = 0u32;
-    for (i, c) in frac.chars().take(9).enumerate() {
-        let d = c
-            .to_digit(10)
-            .with_context(|| format!("bad pax time `{s}`"))?;
-        nanos += d * 10u32.pow(8 - i as u32);
-    }
-    // Negative times count the fraction away from zero.
-    if (secs < 0 || s.starts_with('-')) && nanos > 0 {
-        return Ok((secs - 1, 1_000_000_000 - nanos));
-    }
-    Ok((secs, nanos))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pax_times() {
-        assert_eq!(parse_pax_time("12").unwrap(), (12, 0));
-        assert_eq!(
-            parse_pax_time("1795553984.319322883").unwrap(),
-            (1795553984, 319322883)
-        );
-        assert_eq!(parse_pax_time("1.5").unwrap(), (1, 500_000_000));
-        assert_eq!(parse_pax_time("-1.5").unwrap(), (-2, 500_000_000));
-    }
 
     #[test]
     fn detects_by_content() {

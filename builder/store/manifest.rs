@@ -14,17 +14,7 @@ pub const MANIFEST: &str = "manifest.jsonl";
 pub const META: &str = "meta.json";
 pub const TREE: &str = "tree";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    File,
-    Dir,
-    Symlink,
-    Hardlink,
-    Char,
-    Block,
-    Fifo,
-}
+pub use crate::unpack::EntryKind;
 
 /// One archive entry as unpacked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,14 +85,14 @@ impl ManifestWriter {
             .with_context(|| format!("writing {}", self.path.display()))
     }
 
+    /// No fsync of its own: the store flushes the whole entry (syncfs)
+    /// before the rename that publishes it (the rule in `crate::fs`).
     pub fn finish(self) -> Result<()> {
-        let f = self
-            .out
+        self.out
             .into_inner()
             .map_err(|e| e.into_error())
             .with_context(|| format!("writing {}", self.path.display()))?;
-        f.sync_all()
-            .with_context(|| format!("syncing {}", self.path.display()))
+        Ok(())
     }
 }
 

@@ -21,8 +21,8 @@ mod debian;
 mod fetch;
 mod ingest;
 pub mod manifest;
-mod unpack;
 
+use crate::fs::{remove_tree, sync_dir};
 use crate::profile::{Base, BaseSource, Checksum, ChecksumAlgorithm};
 use anyhow::{Context, Result};
 use fs4::fs_std::FileExt;
@@ -30,7 +30,6 @@ use manifest::{Meta, META, TREE};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
-use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -345,9 +344,8 @@ impl Store {
 
     fn index_put(&self, key: &str, digest: &str) -> Result<()> {
         let path = self.root.join(INDEX).join(key);
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, digest).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))
+        let inode = crate::fs::Inode::new(0o644, crate::fs::Durability::Publish);
+        crate::fs::write_new(&path, digest.as_bytes(), inode)
     }
 }
 
@@ -379,33 +377,4 @@ fn file_key(path: &Path) -> Result<String> {
         "file-{}",
         hex::encode(Sha256::digest(id.as_bytes()))
     ))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
-}
-
-/// Remove a tree even when the archive made some directories read-only.
-fn remove_tree(path: &Path) -> Result<()> {
-    if fs::remove_dir_all(path).is_ok() {
-        return Ok(());
-    }
-    for e in walkdir::WalkDir::new(path)
-        .follow_links(false)
-        .into_iter()
-        .flatten()
-    {
-        if e.file_type().is_dir() {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o700));
-        }
-    }
-    match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
-        }
-        _ => Ok(()),
-    }
 }

@@ -1,4 +1,8 @@
-//! Writing archive entries under a root directory without ever leaving it.
+//! The one safe way to unpack an archive (untrusted input) under a root
+//! directory without ever leaving it: the store ingests bases with it and
+//! deploy stages tarballs with it. Owners, modes (setuid too), xattrs,
+//! hardlinks, symlinks, device nodes, FIFOs and mtimes (with pax
+//! sub-seconds) survive.
 //!
 //! Every entry name is normalized first (`..` and absolute names refused),
 //! then its parent is resolved component by component: a component must be a
@@ -6,25 +10,45 @@
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` would enforce. Directories this
 //! unpacker created or checked are remembered, so a rootfs with ten thousand
 //! entries costs no extra `lstat` per entry. A directory is never replaced by
-//! anything else, so a remembered directory stays a directory.
+//! anything else, so a remembered directory stays a directory. The check and
+//! the creation cannot be raced apart: the root is a new directory of this
+//! process (a store `.tmp-*` entry, a deploy staging directory in a
+//! root-only directory) and the archive, the only other party, acts one
+//! entry at a time, through this code.
 //!
 //! Final components are created with calls that do not follow symlinks
 //! (`O_CREAT|O_EXCL`, `symlink`, `link`, `mknod`, `lchown`, `lsetxattr`,
-//! `lutimes`). Directory metadata is applied last, deepest first, because
-//! writing into a directory changes its mtime (and a read-only directory
-//! could not be written into at all).
+//! `lutimes`), and get their metadata in the order of
+//! [`crate::fs::Attrs::apply`]. Directory metadata is applied last, deepest
+//! first, because writing into a directory changes its mtime (and a
+//! read-only directory could not be written into at all).
 
-use super::manifest::EntryKind;
+mod tar_entries;
+
+pub use tar_entries::{unpack_tar, Entry};
+
 use anyhow::{bail, Context, Result};
 use filetime::FileTime;
 use nix::sys::stat::{Mode, SFlag};
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::fs::{self, OpenOptions, Permissions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
-use xattr::FileExt;
+
+/// What an archive entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+    Char,
+    Block,
+    Fifo,
+}
 
 /// Metadata of one entry, as the archive gives it.
 #[derive(Debug, Clone)]
@@ -38,8 +62,19 @@ pub struct Attrs {
 }
 
 impl Attrs {
-    fn filetime(&self) -> FileTime {
-        FileTime::from_unix_time(self.mtime, self.mtime_nsec)
+    /// As the file system applies them (numeric owners are 32 bits there).
+    fn to_fs(&self) -> crate::fs::Attrs {
+        crate::fs::Attrs {
+            uid: self.uid as u32,
+            gid: self.gid as u32,
+            mode: self.mode & 0o7777,
+            mtime: FileTime::from_unix_time(self.mtime, self.mtime_nsec),
+            xattrs: self
+                .xattrs
+                .iter()
+                .map(|(k, v)| (k.into(), v.clone()))
+                .collect(),
+        }
     }
 }
 
@@ -87,7 +122,7 @@ impl Unpacker {
             root: root.to_path_buf(),
             dirs,
             deferred: vec![],
-            privileged: nix::unistd::geteuid().is_root(),
+            privileged: crate::fs::is_root(),
             buf: vec![0; 1 << 17],
             skipped: Skipped::default(),
         }
@@ -208,20 +243,7 @@ impl Unpacker {
                 .with_context(|| format!("writing {}", full.display()))?;
             copied += n as u64;
         }
-        // chown clears setuid bits and file capabilities, so it goes first,
-        // then the mode, then xattrs; times last.
-        if self.privileged {
-            nix::unistd::fchown(f.as_raw_fd(), Some(uid(attrs.uid)), Some(gid(attrs.gid)))
-                .with_context(|| format!("changing the owner of {}", full.display()))?;
-        }
-        f.set_permissions(Permissions::from_mode(attrs.mode & 0o7777))
-            .with_context(|| format!("changing the mode of {}", full.display()))?;
-        for (name, value) in &attrs.xattrs {
-            let r = f.set_xattr(name, value);
-            self.xattr_result(r, name, &full)?;
-        }
-        filetime::set_file_handle_times(&f, Some(attrs.filetime()), Some(attrs.filetime()))
-            .with_context(|| format!("setting the times of {}", full.display()))?;
+        self.skipped.xattrs += attrs.to_fs().apply_to_file(&f, &full)?;
         Ok(())
     }
 
@@ -236,7 +258,7 @@ impl Unpacker {
             r => r,
         };
         r.with_context(|| format!("creating the symlink {}", full.display()))?;
-        self.finish_node(&full, attrs, false)
+        self.finish_node(&full, attrs, true)
     }
 
     /// A hardlink to an earlier entry; the target must be a non-directory
@@ -279,7 +301,8 @@ impl Unpacker {
     ) -> Result<()> {
         self.prepare_parent(rel, true)?;
         let full = self.root.join(rel);
-        let perm = Mode::from_bits_truncate((attrs.mode & 0o777) as libc::mode_t);
+        // 0600 until the owner is set; the mode comes after it.
+        let perm = Mode::from_bits_truncate(0o600);
         let make = || match kind {
             EntryKind::Fifo => nix::unistd::mkfifo(&full, perm),
             EntryKind::Char | EntryKind::Block => nix::sys::stat::mknod(
@@ -313,40 +336,14 @@ impl Unpacker {
                     .with_context(|| format!("creating {}", full.display()))
             }
         }
-        self.finish_node(&full, attrs, true)
+        self.finish_node(&full, attrs, false)
     }
 
-    /// Owner, mode, xattrs and times of a node created by path, none of
-    /// which follows a symlink.
-    fn finish_node(&mut self, full: &Path, attrs: &Attrs, chmod: bool) -> Result<()> {
-        if self.privileged {
-            std::os::unix::fs::lchown(full, Some(attrs.uid as u32), Some(attrs.gid as u32))
-                .with_context(|| format!("changing the owner of {}", full.display()))?;
-        }
-        if chmod {
-            // The node was just created by us and is not a symlink: chmod
-            // (which follows symlinks) is safe; umask applied at mknod.
-            fs::set_permissions(full, Permissions::from_mode(attrs.mode & 0o7777))
-                .with_context(|| format!("changing the mode of {}", full.display()))?;
-        }
-        for (name, value) in &attrs.xattrs {
-            let r = xattr::set(full, name, value);
-            self.xattr_result(r, name, full)?;
-        }
-        filetime::set_symlink_file_times(full, attrs.filetime(), attrs.filetime())
-            .with_context(|| format!("setting the times of {}", full.display()))
-    }
-
-    fn xattr_result(&mut self, r: io::Result<()>, name: &str, full: &Path) -> Result<()> {
-        match r {
-            Ok(()) => Ok(()),
-            // Unprivileged users may not set security.*/trusted.* names.
-            Err(_) if !self.privileged => {
-                self.skipped.xattrs += 1;
-                Ok(())
-            }
-            Err(e) => Err(e).with_context(|| format!("setting {name} on {}", full.display())),
-        }
+    /// Metadata of a node created by path (the node was just created by
+    /// us, so only a symlink needs care: nothing follows it).
+    fn finish_node(&mut self, full: &Path, attrs: &Attrs, symlink: bool) -> Result<()> {
+        self.skipped.xattrs += attrs.to_fs().apply(full, symlink)?;
+        Ok(())
     }
 
     /// Apply directory metadata, deepest first, then return what was skipped.
@@ -356,7 +353,7 @@ impl Unpacker {
         deferred.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
         for (rel, attrs) in &deferred {
             let full = self.root.join(rel);
-            self.finish_node(&full, attrs, true)
+            self.finish_node(&full, attrs, false)
                 .with_context(|| format!("entry `{}`", display_name(rel)))?;
         }
         Ok(self.skipped)
@@ -371,17 +368,119 @@ pub fn display_name(rel: &Path) -> String {
     }
 }
 
-fn uid(n: u64) -> nix::unistd::Uid {
-    nix::unistd::Uid::from_raw(n as u32)
-}
-
-fn gid(n: u64) -> nix::unistd::Gid {
-    nix::unistd::Gid::from_raw(n as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(12);
+        h.set_gid(34);
+        h.set_mtime(1_700_000_000);
+        h.set_size(size);
+        h
+    }
+
+    fn unpack(data: Vec<u8>, root: &Path) -> Result<Vec<Entry>> {
+        fs::create_dir(root).unwrap();
+        let mut seen = vec![];
+        unpack_tar(
+            &mut tar::Archive::new(&data[..]),
+            root,
+            Path::new("t.tar"),
+            |e| {
+                seen.push(e);
+                Ok(())
+            },
+        )?;
+        Ok(seen)
+    }
+
+    #[test]
+    fn everything_survives_unpacking() {
+        use tar::EntryType as T;
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut header(T::Directory, 0o750, 0), "./", io::empty())
+            .unwrap();
+        b.append_pax_extensions([
+            ("SCHILY.xattr.user.k", &b"v"[..]),
+            ("mtime", &b"1700000001.5"[..]),
+        ])
+        .unwrap();
+        b.append_data(&mut header(T::Regular, 0o4755, 2), "./bin/su", &b"su"[..])
+            .unwrap();
+        b.append_link(&mut header(T::Link, 0o4755, 0), "./bin/su2", "bin/su")
+            .unwrap();
+        b.append_link(&mut header(T::Symlink, 0o777, 0), "./sh", "/bin/su")
+            .unwrap();
+        b.append_data(&mut header(T::Fifo, 0o620, 0), "./run/fifo", io::empty())
+            .unwrap();
+        let mut dev = header(T::Char, 0o666, 0);
+        dev.set_device_major(1).unwrap();
+        dev.set_device_minor(3).unwrap();
+        b.append_data(&mut dev, "./dev/null", io::empty()).unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let seen = unpack(b.into_inner().unwrap(), &root).unwrap();
+        let kinds: Vec<_> = seen.iter().map(|e| e.kind).collect();
+        use EntryKind as K;
+        assert_eq!(
+            kinds,
+            [K::Dir, K::File, K::Hardlink, K::Symlink, K::Fifo, K::Char]
+        );
+        let m = |p: &str| root.join(p).symlink_metadata().unwrap();
+        assert_eq!(m("bin/su").mode() & 0o7777, 0o4755);
+        assert_eq!(
+            (m("bin/su").mtime(), m("bin/su").mtime_nsec()),
+            (1_700_000_001, 500_000_000)
+        );
+        assert_eq!(m("bin/su").ino(), m("bin/su2").ino());
+        assert_eq!(
+            xattr::get(root.join("bin/su"), "user.k").unwrap(),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(
+            fs::read_link(root.join("sh")).unwrap(),
+            Path::new("/bin/su")
+        );
+        assert!(m("run/fifo").file_type().is_fifo());
+        assert_eq!(m("run/fifo").mode() & 0o7777, 0o620);
+        assert_eq!(m("").mode() & 0o7777, 0o750);
+        assert_eq!(m("").mtime(), 1_700_000_000);
+        if crate::fs::is_root() {
+            assert_eq!((m("bin/su").uid(), m("bin/su").gid()), (12, 34));
+            assert!(m("dev/null").file_type().is_char_device());
+            assert_eq!(m("dev/null").rdev(), nix::sys::stat::makedev(1, 3));
+        }
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_symlink() {
+        use tar::EntryType as T;
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        for second in [T::Regular, T::Fifo, T::Directory, T::Symlink] {
+            let mut b = tar::Builder::new(Vec::new());
+            b.append_link(&mut header(T::Symlink, 0o777, 0), "./d", &outside)
+                .unwrap();
+            let mut h = header(second, 0o644, 0);
+            if second == T::Symlink {
+                b.append_link(&mut h, "./d/x", "/etc/passwd").unwrap();
+            } else {
+                b.append_data(&mut h, "./d/x", io::empty()).unwrap();
+            }
+            let root = t.path().join(format!("root-{second:?}"));
+            let err = unpack(b.into_inner().unwrap(), &root).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains("archive entry `d/x` in t.tar"), "{msg}");
+            assert!(msg.contains("is a symbolic link"), "{msg}");
+            assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "{second:?}");
+        }
+    }
 
     #[test]
     fn normalize_refuses_escapes() {
