@@ -1,6 +1,7 @@
 //! The build pipeline: profile -> store -> tree -> artifact. Each stage
 //! takes the previous stage's value; none reaches back.
 
+use crate::artifact::commit::{self, Move};
 use crate::artifact::public::{self, SecretFile};
 use crate::artifact::{self, Manifest, NodeArtifact};
 use crate::disk::Compress;
@@ -182,12 +183,32 @@ pub fn image(
     nodes: &[String],
     out: &Path,
     format: Format,
+    public: Option<&mut Vec<SecretFile>>,
+) -> Result<ImageReport> {
+    create_private_dir(out)?;
+    let _lock = commit::lock(out)?;
+    commit::prepare(out)?;
+    let r = image_locked(profile, store, nodes, out, format, public);
+    if r.is_err() {
+        // Nothing half-built stays behind (a full disk must be usable
+        // again once the error is read).
+        let _ = commit::clean(out);
+    }
+    r
+}
+
+/// `image` with the output directory locked and recovered.
+fn image_locked(
+    profile: &Profile,
+    store: &Store,
+    nodes: &[String],
+    out: &Path,
+    format: Format,
     mut public: Option<&mut Vec<SecretFile>>,
 ) -> Result<ImageReport> {
     let secrets = Secrets::load(profile)?;
     let base = store.ensure_base(&profile.base)?;
     let epoch = source_date_epoch(&base)?;
-    create_private_dir(out)?;
     let mut manifest = Manifest::load(out)?
         .filter(|m| m.cluster == profile.name)
         .unwrap_or(Manifest {
@@ -239,7 +260,7 @@ pub fn image(
         .unwrap_or(1)
         .min(todo.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
-    type Built = (usize, NodeArtifact, Vec<SecretFile>);
+    type Built = (usize, (NodeArtifact, Vec<Move>), Vec<SecretFile>);
     let results: Vec<Result<Built>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -273,7 +294,9 @@ pub fn image(
     });
     let mut built: Vec<Built> = results.into_iter().collect::<Result<_>>()?;
     built.sort_by_key(|(i, _, _)| *i);
-    for (_, artifact, stripped) in built {
+    let mut moves = vec![];
+    for (_, (artifact, node_moves), stripped) in built {
+        moves.extend(node_moves);
         if let Some(collected) = public.as_deref_mut() {
             collected.extend(stripped);
         }
@@ -289,11 +312,17 @@ pub fn image(
             .position(|p| p.name == n.name)
             .unwrap_or(usize::MAX)
     });
-    manifest.save(out)?;
-    artifact::write_atomic(
-        &out.join("known_hosts"),
+    moves.extend(manifest.stage(out)?);
+    let hosts = commit::staged("known_hosts");
+    let hosts_path = out.join(&hosts);
+    std::fs::write(
+        &hosts_path,
         crate::roles::known_hosts(profile, &secrets)?.as_bytes(),
-    )?;
+    )
+    .with_context(|| format!("writing {}", hosts_path.display()))?;
+    moves.push(Move::rename(hosts, "known_hosts"));
+    // Trees, tarballs, manifest and sums change together or not at all.
+    commit::commit(out, &moves)?;
     tracing::info!(
         "{} built, {} unchanged, in {}",
         report.built.len(),
@@ -309,7 +338,8 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     artifact::create_dir_private(dir)
 }
 
-/// Build one node: tree, tarball, swap into place; return its entry.
+/// Build one node's tree and tarball under staged names; return its entry
+/// and the renames that put them in place.
 #[allow(clippy::too_many_arguments)]
 fn build_node(
     profile: &Profile,
@@ -321,15 +351,19 @@ fn build_node(
     epoch: i64,
     want_tar: bool,
     public: Option<&mut Vec<SecretFile>>,
-) -> Result<NodeArtifact> {
+) -> Result<(NodeArtifact, Vec<Move>)> {
     let name = &plan.name;
-    let tmp = out.join(format!(".{name}.building"));
+    let staged_tree = commit::staged(name);
+    let tmp = out.join(&staged_tree);
     build_tree(profile, plan, base, secrets, &tmp, epoch, public)?;
     let files_in_tree = count_files(&tmp)?;
     let tarball_name = format!("{name}.tar.zst");
+    let mut moves = vec![];
     let (tarball, sha256, size) = if want_tar {
         let started = Instant::now();
-        let info = artifact::write_tar_zst(&tmp, &out.join(&tarball_name), epoch)?;
+        let staged_tar = commit::staged(&tarball_name);
+        let info = artifact::write_tar_zst(&tmp, &out.join(&staged_tar), epoch)?;
+        moves.push(Move::rename(staged_tar, tarball_name.clone()));
         tracing::info!(
             "{name}: {tarball_name} ({} MiB) in {:.1?}",
             info.size >> 20,
@@ -337,11 +371,11 @@ fn build_node(
         );
         (Some(tarball_name), Some(info.sha256), Some(info.size))
     } else {
-        let _ = std::fs::remove_file(out.join(&tarball_name));
+        moves.push(Move::remove(tarball_name));
         (None, None, None)
     };
-    swap_tree(&tmp, &out.join(name))?;
-    Ok(NodeArtifact {
+    moves.push(Move::rename(staged_tree, name.clone()));
+    let artifact = NodeArtifact {
         name: name.clone(),
         hostname: plan.hostname.clone(),
         kind: plan.kind,
@@ -353,7 +387,8 @@ fn build_node(
         files: files_in_tree,
         inputs: inputs.to_string(),
         files_extra: vec![],
-    })
+    };
+    Ok((artifact, moves))
 }
 
 fn count_files(tree: &Path) -> Result<u64> {
@@ -367,25 +402,6 @@ fn count_files(tree: &Path) -> Result<u64> {
         }
     }
     Ok(n)
-}
-
-/// Replace `dest` by `new` so that `dest` is always a complete tree: the
-/// old one until the rename, the new one after.
-fn swap_tree(new: &Path, dest: &Path) -> Result<()> {
-    if dest.exists() {
-        let old = dest.with_file_name(format!(
-            ".{}.old",
-            dest.file_name().unwrap().to_string_lossy()
-        ));
-        crate::fs::remove_tree(&old)?;
-        crate::fs::exchange(new, dest)
-            .with_context(|| format!("swapping {} into place", dest.display()))?;
-        std::fs::rename(new, &old).with_context(|| format!("renaming {}", new.display()))?;
-        crate::fs::remove_tree(&old)
-    } else {
-        std::fs::rename(new, dest)
-            .with_context(|| format!("renaming {} into place", dest.display()))
-    }
 }
 
 /// Find a file shipped with chbuild (`overlays/`, `images/...`): walking up
@@ -453,14 +469,22 @@ pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdOptions) -> Res
             .into());
         }
     }
-    let (image, reused) = sd_image(
+    let dir = image_dir(&image_path);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _lock = commit::lock(dir)?;
+    commit::prepare(dir)?;
+    let built = sd_image(
         profile,
         store,
         node,
         &image_path,
         args.layout.as_deref(),
         None,
-    )?;
+    );
+    if built.is_err() {
+        let _ = commit::clean(dir);
+    }
+    let (image, reused) = built?;
     let compressed = match args.compress {
         Some(kind) => Some(crate::disk::compress_image(&image_path, kind)?),
         None => None,
@@ -513,10 +537,7 @@ pub fn sd_image(
     }
     let layout_path = sd_layout_path(profile, layout);
     let layout = crate::disk::load_layout(&layout_path)?;
-    let dir = image_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = image_dir(image_path);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let secrets = Secrets::load(profile)?;
@@ -548,13 +569,39 @@ pub fn sd_image(
         return Ok((crate::disk::SdImage::existing(image_path)?, true));
     }
     let _ = std::fs::remove_file(&stamp);
-    let tree = dir.join(format!(".{node}.sd-tree"));
+    let tree = dir.join(commit::staged(&format!("{node}.sd-tree")));
     let is_public = public.is_some();
     build_tree(profile, &plan, &base, &secrets, &tree, epoch, public)?;
     let started = Instant::now();
-    let built = crate::disk::build_sd_image(&plan, &tree, &layout, image_path, epoch as u64);
+    // Built under a staged name, then image, bmap and checksum file are
+    // put in place together: never a new image with an old checksum.
+    let name = image_path
+        .file_name()
+        .context("the image path has no file name")?
+        .to_string_lossy()
+        .into_owned();
+    let staged_image = dir.join(commit::staged(&name));
+    let built = crate::disk::build_sd_image(&plan, &tree, &layout, &staged_image, epoch as u64);
     crate::fs::remove_tree(&tree)?;
     let built = built?;
+    let sums = crate::disk::sha256_path(&staged_image);
+    std::fs::write(&sums, format!("{}  {name}\n", built.sha256))
+        .with_context(|| format!("writing {}", sums.display()))?;
+    commit::commit(
+        dir,
+        &[
+            Move::rename(commit::staged(&name), name.clone()),
+            Move::rename(
+                commit::staged(&format!("{name}.bmap")),
+                format!("{name}.bmap"),
+            ),
+            Move::rename(
+                commit::staged(&format!("{name}.sha256")),
+                format!("{name}.sha256"),
+            ),
+        ],
+    )?;
+    let built = crate::disk::SdImage::existing(image_path)?;
     tracing::info!(
         "{node}: {} ({} MiB) in {:.1?}",
         image_path.display(),
@@ -565,6 +612,14 @@ pub fn sd_image(
         artifact::write_atomic(&stamp, inputs.as_bytes())?;
     }
     Ok((built, false))
+}
+
+/// The directory an image is written to.
+fn image_dir(image_path: &Path) -> &Path {
+    image_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// `.<image>.inputs`: what the image at that path was built from.
@@ -596,7 +651,10 @@ pub fn release(
     let all: Vec<String> = profile.nodes.iter().map(|n| n.name.clone()).collect();
     let mut collected: Vec<SecretFile> = vec![];
     let public = secrets_bundle.is_some();
-    image(
+    create_private_dir(out)?;
+    let _lock = commit::lock(out)?;
+    commit::prepare(out)?;
+    image_locked(
         profile,
         store,
         &all,

@@ -235,6 +235,31 @@ impl Secrets {
     }
 }
 
+/// `$6$[rounds=N$]salt$digest`, salt and digest in crypt's alphabet: a
+/// space, a colon or a newline would break the shadow file it goes into.
+fn is_sha512crypt(hash: &str) -> bool {
+    let Some(rest) = hash.strip_prefix("$6$") else {
+        return false;
+    };
+    let rest = match rest.strip_prefix("rounds=") {
+        Some(r) => match r.split_once('$') {
+            Some((n, tail)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => tail,
+            _ => return false,
+        },
+        None => rest,
+    };
+    let crypt = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+    };
+    match rest.split_once('$') {
+        Some((salt, digest)) => {
+            salt.len() <= 16 && crypt(salt) && digest.len() == 86 && crypt(digest)
+        }
+        None => false,
+    }
+}
+
 /// The user's sha512crypt hash: from the environment variable when set,
 /// else from the file. Checked for shape, never printed.
 pub fn password_hash(profile: &Profile) -> Result<String> {
@@ -256,9 +281,28 @@ pub fn password_hash(profile: &Profile) -> Result<String> {
             ),
         },
     };
-    let parts: Vec<&str> = hash.split('$').collect();
-    if !hash.starts_with("$6$") || parts.len() < 4 || hash.contains(':') || hash.contains('\n') {
+    if !is_sha512crypt(&hash) {
         bail!("{origin}: not a sha512crypt hash (`$6$salt$hash`, as `openssl passwd -6` prints)");
     }
     Ok(hash)
+}
+
+#[cfg(test)]
+mod hash_tests {
+    #[test]
+    fn only_well_formed_sha512crypt_hashes_pass() {
+        let d = "a".repeat(86);
+        assert!(super::is_sha512crypt(&format!("$6$salt${d}")));
+        assert!(super::is_sha512crypt(&format!("$6$rounds=5000$s./1${d}")));
+        for bad in [
+            format!("$6$salt${d} trailing"),
+            format!("$6$salt${d}:x"),
+            format!("$5$salt${d}"),
+            format!("$6$salt${}", &d[1..]),
+            format!("$6$rounds=$salt${d}"),
+            "$6$salt".to_string(),
+        ] {
+            assert!(!super::is_sha512crypt(&bad), "{bad}");
+        }
+    }
 }

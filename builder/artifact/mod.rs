@@ -1,6 +1,7 @@
 //! Artifacts: node trees as deterministic tar.zst, `manifest.json` and
 //! `SHA256SUMS`. Same tree and epoch give byte-identical tarballs.
 
+pub mod commit;
 pub mod controller;
 pub mod public;
 
@@ -101,6 +102,24 @@ impl Manifest {
         write_atomic(&dir.join(SUMS), sums.as_bytes())
     }
 
+    /// Write the manifest and SHA256SUMS under staged names; the renames
+    /// that put them in place are returned for [`commit::commit`].
+    pub fn stage(&self, dir: &Path) -> Result<Vec<commit::Move>> {
+        let json = serde_json::to_vec_pretty(self)?;
+        let mut sums = String::new();
+        for (name, sha) in self.files() {
+            sums.push_str(&format!("{sha}  {name}\n"));
+        }
+        let mut moves = vec![];
+        for (name, data) in [(MANIFEST, json), (SUMS, sums.into_bytes())] {
+            let staged = commit::staged(name);
+            let p = dir.join(&staged);
+            fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
+            moves.push(commit::Move::rename(staged, name));
+        }
+        Ok(moves)
+    }
+
     /// Every file the manifest vouches for, with its sha256.
     pub fn files(&self) -> Vec<(String, String)> {
         let mut out = vec![];
@@ -122,6 +141,7 @@ impl Manifest {
 /// Re-check a release directory against its manifest and SHA256SUMS:
 /// every file listed exists with its checksum, and the two lists agree.
 pub fn verify(dir: &Path) -> Result<Vec<String>> {
+    commit::finish_pending(dir)?;
     let manifest =
         Manifest::load(dir)?.with_context(|| format!("{} has no {MANIFEST}", dir.display()))?;
     let sums_path = dir.join(SUMS);

@@ -116,6 +116,10 @@ pub fn write_bundle(path: &Path, files: &[SecretFile], epoch: i64) -> Result<()>
 /// is not one of the known secret files is refused: a bundle must not be
 /// a way to write anything else into a tree.
 pub fn read_bundle(path: &Path, plan: &NodePlan) -> Result<Vec<SecretFile>> {
+    read_bundle_entries(path, plan).with_context(|| format!("reading {}", path.display()))
+}
+
+fn read_bundle_entries(path: &Path, plan: &NodePlan) -> Result<Vec<SecretFile>> {
     let node = plan.name.as_str();
     let allowed = secret_paths(plan);
     let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;

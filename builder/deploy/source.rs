@@ -111,6 +111,7 @@ pub fn open(
     cluster: &str,
     plans: &[NodePlan],
 ) -> Result<Vec<NodeSource>> {
+    crate::artifact::commit::finish_pending(dir)?;
     let mpath = dir.join("manifest.json");
     let text = std::fs::read_to_string(&mpath).with_context(|| {
         format!(

@@ -187,6 +187,16 @@ pub fn make_ext4(
         Ok(_) => Ok(true),
         Err(e) => {
             let text = format!("{e:#}");
+            if text.contains("No space left") && host_short_of(image, size) {
+                // The disk holding the image is full, not the file system
+                // inside it: a larger partition would not help.
+                return Err(e).with_context(|| {
+                    format!(
+                        "writing {}: No space left on device (on the disk holding the image)",
+                        image.display()
+                    )
+                });
+            }
             if text.contains("Could not allocate block")
                 || text.contains("No space left")
                 || text.contains("Could not allocate inode")
@@ -198,6 +208,19 @@ pub fn make_ext4(
             }
         }
     }
+}
+
+/// Whether the file system holding `image` has less room than the
+/// partition being written into it (the image is sparse: that is what the
+/// partition can still take).
+fn host_short_of(image: &Path, size: u64) -> bool {
+    let dir = image
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()) < size)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

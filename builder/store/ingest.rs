@@ -196,7 +196,8 @@ pub fn ingest_archive(archive: &Path, dest: &Path, want_md5: bool) -> Result<Ing
         .fill_buf()
         .with_context(|| format!("reading {}", archive.display()))?;
     let compression = Compression::detect(magic).with_context(|| archive.display().to_string())?;
-    let decoder = Decoder::new(compression, raw)?;
+    let decoder = Decoder::new(compression, raw)
+        .with_context(|| format!("unpacking {}", archive.display()))?;
 
     let tree = dest.join(TREE);
     std::fs::create_dir(&tree).with_context(|| format!("creating {}", tree.display()))?;

@@ -11,6 +11,7 @@
 //! <store>/downloads/                downloads (kept partial for resuming)
 //! <store>/.tmp-*/                   ingests in progress
 //! <store>/.lock                     held while ingesting or pruning
+//! <store>/.use                      shared by every run, exclusive for gc
 //! ```
 //!
 //! An entry is built in a `.tmp-*` sibling and renamed to its digest only
@@ -35,6 +36,9 @@ use std::path::{Path, PathBuf};
 
 pub struct Store {
     pub root: PathBuf,
+    /// Shared lock on `.use` for as long as this process uses the store:
+    /// `gc` takes it exclusively, so it never removes a base under a build.
+    in_use: File,
 }
 
 /// An unpacked base, ready to be linked into node trees.
@@ -56,6 +60,7 @@ pub struct StoreEntry {
 const INDEX: &str = "index";
 const DOWNLOADS: &str = "downloads";
 const TMP_PREFIX: &str = ".tmp-";
+const USE_LOCK: &str = ".use";
 
 impl Store {
     /// `~/.cache/chbuild/store` (XDG_CACHE_HOME respected).
@@ -71,8 +76,23 @@ impl Store {
         for d in [dir.to_path_buf(), dir.join(INDEX), dir.join(DOWNLOADS)] {
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
+        let path = dir.join(USE_LOCK);
+        let in_use = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        if FileExt::try_lock_shared(&in_use).is_err() {
+            tracing::info!(
+                "waiting for `chbuild store gc` to finish with {}",
+                dir.display()
+            );
+            FileExt::lock_shared(&in_use).with_context(|| format!("locking {}", path.display()))?;
+        }
         Ok(Store {
             root: dir.to_path_buf(),
+            in_use,
         })
     }
 
@@ -104,6 +124,9 @@ impl Store {
         if let Some(t) = self.digest_of(base).and_then(|d| self.complete(&d)) {
             return Ok(t);
         }
+        // With the lock held no other ingest runs: a `.tmp-*` is what a
+        // killed one left, and it would only fill the disk.
+        self.remove_abandoned()?;
         match &base.source {
             BaseSource::Archive { path, checksum } => {
                 let t = self.ingest(path, checksum.as_ref(), path.display().to_string(), None)?;
@@ -238,13 +261,24 @@ impl Store {
     /// Remove every entry whose digest is not in `keep`, with unfinished
     /// ingests, partial downloads and index keys left pointing nowhere.
     pub fn gc(&self, keep: &[String]) -> Result<Vec<String>> {
+        // Every other chbuild using the store must finish first (and the
+        // ones started meanwhile wait for this one): builds hardlink from
+        // the entries gc removes.
+        if self.in_use.try_lock_exclusive().is_err() {
+            tracing::info!(
+                "waiting for other chbuild runs using {} to finish",
+                self.root.display()
+            );
+            self.in_use
+                .lock_exclusive()
+                .with_context(|| format!("locking {}", self.root.join(USE_LOCK).display()))?;
+        }
         let _lock = self.lock()?;
         let mut removed = vec![];
         for name in self.names()? {
             let path = self.root.join(&name);
             if name.starts_with(TMP_PREFIX) {
-                // With the lock held no ingest runs: this one was abandoned.
-                remove_tree(&path)?;
+                continue;
             } else if self.complete(&name).is_some() && !keep.contains(&name) {
                 // Renamed first so a half-removed entry never looks whole.
                 let doomed = self.root.join(format!("{TMP_PREFIX}gc-{name}"));
@@ -254,6 +288,7 @@ impl Store {
                 removed.push(name);
             }
         }
+        self.remove_abandoned()?;
         for dir in [INDEX, DOWNLOADS] {
             let dir = self.root.join(dir);
             for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -269,6 +304,18 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+
+    /// Remove unfinished ingests (and entries gc renamed for removal);
+    /// only with the lock held, when none can be in progress.
+    fn remove_abandoned(&self) -> Result<()> {
+        for name in self.names()? {
+            if name.starts_with(TMP_PREFIX) {
+                tracing::debug!("removing {name}, left by an interrupted run");
+                remove_tree(&self.root.join(name))?;
+            }
+        }
+        Ok(())
     }
 
     fn names(&self) -> Result<Vec<String>> {

@@ -45,7 +45,10 @@ pub fn unpack_tar<R: Read>(
             each(rec)?;
         }
     }
-    let skipped = unpacker.finish()?;
+    // Directory metadata is applied last: its errors need the name too.
+    let skipped = unpacker
+        .finish()
+        .with_context(|| format!("unpacking {}", archive.display()))?;
     if skipped.devices + skipped.xattrs > 0 {
         tracing::warn!(
             "not running as root: left out {} device nodes and {} extended attributes",
