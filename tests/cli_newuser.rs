@@ -98,6 +98,7 @@ fn selection_errors_list_the_known_names() {
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2));
     assert!(err.contains("its nodes: z1, z2, z3, z4, p1"), "{err}");
+    assert!(err.contains("the controller: clusterhat"), "{err}");
     let o = chbuild(&["check", "@nope", "-p", p]);
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2));
@@ -120,6 +121,28 @@ fn show_prints_the_keys_of_the_authorized_keys_file() {
         out.contains(&format!("user.ssh_authorized_keys = [{}]", key.trim())),
         "{out}"
     );
+}
+
+#[test]
+fn show_prints_the_controller_by_name_or_alias() {
+    let t = tempfile::tempdir().unwrap();
+    let s = t.path().join("s");
+    let p = default_profile();
+    let (p, s) = (p.to_str().unwrap(), s.to_str().unwrap());
+    let o = chbuild(&["secrets", "init", "-p", p, "--secrets", s]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let key = std::fs::read_to_string(Path::new(s).join("admin_ed25519.pub")).unwrap();
+    for name in ["clusterhat", "p0"] {
+        let o = chbuild(&["show", name, "-p", p, "--secrets", s]);
+        let out = text(&o.stdout);
+        assert!(o.status.success(), "{name}: {}", text(&o.stderr));
+        assert!(out.contains("hostname = clusterhat\n"), "{out}");
+        assert!(out.contains("slurmctld = true\n"), "{out}");
+        assert!(
+            out.contains(&format!("user.ssh_authorized_keys = [{}]", key.trim())),
+            "{out}"
+        );
+    }
 }
 
 #[test]

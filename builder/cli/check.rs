@@ -146,21 +146,37 @@ fn artifacts(pl: &NodePlan) -> Vec<String> {
 
 pub fn show(cli: &Cli, node: &str) -> Result<()> {
     let p = load(cli)?;
-    let n = p.node(node).ok_or_else(|| {
-        let names: Vec<&str> = p.nodes.iter().map(|n| n.name.as_str()).collect();
-        UsageError(format!(
-            "unknown node `{node}` in {} (its nodes: {})",
-            p.file.display(),
-            names.join(", ")
-        ))
-    })?;
-    let mut plan = p.plan(n);
     // The keys a node gets include those of ssh_authorized_keys_file.
-    match crate::secrets::authorized_keys(&p) {
-        Ok(keys) => plan.user.ssh_authorized_keys = keys,
-        Err(e) => tracing::warn!("{e:#}"),
-    }
-    let v = serde_json::to_value(&plan)?;
+    let keys = match crate::secrets::authorized_keys(&p) {
+        Ok(keys) => Some(keys),
+        Err(e) => {
+            tracing::warn!("{e:#}");
+            None
+        }
+    };
+    let v = if p.controller.is_named(node) {
+        // The controller is shown like a node, from its own plan.
+        let mut plan = p.controller_plan();
+        if let Some(keys) = keys {
+            plan.user.ssh_authorized_keys = keys;
+        }
+        serde_json::to_value(&plan)?
+    } else {
+        let n = p.node(node).ok_or_else(|| {
+            let names: Vec<&str> = p.nodes.iter().map(|n| n.name.as_str()).collect();
+            UsageError(format!(
+                "unknown node `{node}` in {} (its nodes: {}; the controller: {})",
+                p.file.display(),
+                names.join(", "),
+                p.controller.hostname
+            ))
+        })?;
+        let mut plan = p.plan(n);
+        if let Some(keys) = keys {
+            plan.user.ssh_authorized_keys = keys;
+        }
+        serde_json::to_value(&plan)?
+    };
     if cli.global.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {

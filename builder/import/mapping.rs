@@ -34,7 +34,7 @@ pub const KNOWN: &[Known] = &[
     Known { name: "apt_pkg_extra", target: Profile("packages.extra.<group>; in host_vars: node.overrides.packages") },
     Known { name: "slurmstack_enable", target: Profile("features.slurm") },
     Known { name: "slurmstack_include_picluster", target: Profile("features.slurm_include_picluster") },
-    Known { name: "slurm_partitions_extra", target: Offline("chbuild writes the partitions itself (`zero`, and `pi` with slurm_include_picluster); more partitions go in an overlay file `overlays/feature/slurm/etc/slurm/slurm.conf.j2`") },
+    Known { name: "slurm_partitions_extra", target: Profile("[[features.slurm_partitions_extra]] (name, nodes; `z[1-4]` ranges expanded)") },
     Known { name: "docker_runtime_enable", target: Profile("features.docker; in host_vars: node.overrides.docker") },
     Known { name: "docker_runtime_on_zeros", target: Profile("features.docker_on_zeros") },
     Known { name: "k3s_cluster_enable", target: Profile("features.k3s") },
@@ -48,7 +48,7 @@ pub const KNOWN: &[Known] = &[
     Known { name: "usbboot_enable_ssh", target: Offline("every node gets the `ssh` flag and a key-only sshd (user.ssh_key_only)") },
     Known { name: "usbboot_wait_for_ssh", target: Deploy("`chbuild deploy` waits for SSH by default; `--no-wait` when false") },
     Known { name: "usbboot_uninstall", target: Deploy("`chbuild deploy --uninstall`") },
-    Known { name: "usbboot_skip_prereq_install", target: Offline("chbuild installs nothing on the controller; `chbuild doctor` says what is missing") },
+    Known { name: "usbboot_skip_prereq_install", target: Deploy("`chbuild deploy --controller` installs what the controller lacks, on the admin's command; `chbuild doctor` says what is missing for the Zeros") },
     Known { name: "usbboot_boot_firmware_dir", target: Profile("base.boot_dir") },
     Known { name: "power_on", target: Deploy("`chbuild deploy` powers nodes on by default; `--no-power-on` when false") },
 ];

@@ -274,7 +274,79 @@ fn features(c: &mut Ctx) -> Result<Vec<(&'static str, toml::Value)>> {
     if let Some(v) = c.text("nfs_client_mount").or_else(|| c.text("clhat_mpnt")) {
         f.push(("nfs_mount_point", toml::Value::String(v)));
     }
+    if let Some(s) = c.get("slurm_partitions_extra") {
+        let parts = partitions(s)?;
+        if !parts.is_empty() {
+            f.push(("slurm_partitions_extra", toml::Value::Array(parts)));
+        }
+    }
     Ok(f)
+}
+
+/// `slurm_partitions_extra`: a list of `{name, nodes}`, `nodes` a list or
+/// a comma-separated string in which Slurm's `z[1-4]` ranges are expanded
+/// (the profile names every node; the loader checks that each exists).
+fn partitions(s: &Sourced) -> Result<Vec<toml::Value>> {
+    let what = || format!("{}: slurm_partitions_extra", s.file.display());
+    let items = match &s.value {
+        serde_yaml_ng::Value::Sequence(items) => items,
+        _ => bail!("{}: expected a list of {{name, nodes}}", what()),
+    };
+    let mut out = vec![];
+    for (i, it) in items.iter().enumerate() {
+        let field = |k: &str| it.get(k).filter(|v| !v.is_null());
+        let name = field("name")
+            .and_then(vars::text)
+            .with_context(|| format!("{}[{i}]: a partition needs a `name`", what()))?;
+        let mut nodes = vec![];
+        for n in field("nodes").map(vars::list).unwrap_or_default() {
+            for part in n.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                nodes
+                    .extend(expand_hostlist(part).with_context(|| {
+                        format!("{}[{i}] ({name}): node list `{part}`", what())
+                    })?);
+            }
+        }
+        if nodes.is_empty() {
+            bail!("{}[{i}] ({name}): a partition needs `nodes`", what());
+        }
+        let mut t = toml::map::Map::new();
+        t.insert("name".into(), toml::Value::String(name));
+        t.insert(
+            "nodes".into(),
+            toml::Value::Array(nodes.into_iter().map(toml::Value::String).collect()),
+        );
+        out.push(toml::Value::Table(t));
+    }
+    Ok(out)
+}
+
+/// `z[1-4]` -> z1, z2, z3, z4 (one range or list in brackets, as Slurm
+/// writes node lists); a plain name stays as it is.
+fn expand_hostlist(s: &str) -> Result<Vec<String>> {
+    let Some((prefix, rest)) = s.split_once('[') else {
+        return Ok(vec![s.to_string()]);
+    };
+    let Some((inner, suffix)) = rest.split_once(']') else {
+        bail!("unclosed `[`");
+    };
+    let mut out = vec![];
+    for item in inner.split(',') {
+        match item.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (
+                    a.trim().parse().context("not a number")?,
+                    b.trim().parse().context("not a number")?,
+                );
+                if a > b || b - a > 1024 {
+                    bail!("range {a}-{b} is empty or too large");
+                }
+                out.extend((a..=b).map(|n| format!("{prefix}{n}{suffix}")));
+            }
+            None => out.push(format!("{prefix}{}{suffix}", item.trim())),
+        }
+    }
+    Ok(out)
 }
 
 fn base(c: &mut Ctx) -> Result<Base> {
@@ -322,4 +394,18 @@ pub(super) fn group_names(src: &Sources) -> BTreeSet<String> {
         .filter(|g| g.as_str() != "all")
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_hostlist;
+
+    #[test]
+    fn slurm_node_ranges_expand() {
+        assert_eq!(expand_hostlist("z[1-3]").unwrap(), ["z1", "z2", "z3"]);
+        assert_eq!(expand_hostlist("p[1,5]").unwrap(), ["p1", "p5"]);
+        assert_eq!(expand_hostlist("clusterhat").unwrap(), ["clusterhat"]);
+        assert!(expand_hostlist("z[3-1]").is_err());
+        assert!(expand_hostlist("z[1-").is_err());
+    }
 }
