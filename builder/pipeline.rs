@@ -160,6 +160,11 @@ pub fn build_tree(
     };
     crate::roles::apply_roles(&ctx, dest)
         .with_context(|| format!("baking roles into {}", plan.name))?;
+    // The controller is never a node's name: this is its card.
+    if profile.controller.is_named(&plan.name) {
+        crate::roles::controller::bake(profile, secrets, &overlays, dest)
+            .with_context(|| format!("baking the controller's files into {}", plan.name))?;
+    }
     if let Some(collected) = public {
         collected.extend(public::strip_secrets(dest, plan)?);
     }
@@ -527,8 +532,27 @@ pub fn sd_image(
     layout: Option<&Path>,
     public: Option<&mut Vec<SecretFile>>,
 ) -> Result<(crate::disk::SdImage, bool)> {
-    let n = profile.node(node).expect("selection returns known nodes");
-    let plan = profile.plan(n);
+    let (plan, base_spec, shared_extra) = if profile.controller.is_named(node) {
+        let plan = profile.controller_sd_plan().ok_or_else(|| {
+            UsageError(format!(
+                "the profile {} gives the controller {} no base, so there is no card to build: \
+                 add a [controller.base] table with the keys of [base] (for example \
+                 `source = \"archive\"`, `path = \"clusterctrl-cnat-root.tar.xz\"` (a ClusterCTRL \
+                 CNAT image's root filesystem), `architecture = \"arm64\"`), or put the owned files \
+                 on a running controller with `chbuild image {node}` / `chbuild deploy --controller`",
+                profile.file.display(),
+                profile.controller.hostname
+            ))
+        })?;
+        let base = profile.controller.base.clone().expect("the plan has a base");
+        // Its owned files follow the controller's plan.
+        let extra = serde_json::to_string(&profile.controller_plan())?;
+        (plan, base, extra)
+    } else {
+        let n = profile.node(node).expect("selection returns known nodes");
+        (profile.plan(n), profile.base.clone(), String::new())
+    };
+    let node = plan.name.as_str();
     if plan.kind != crate::profile::NodeKind::Sd {
         return Err(UsageError(format!(
             "{node} is a usbboot Zero, booted over NFS by ClusterCTRL: it has no SD card image (use `chbuild image {node}` and `chbuild deploy {node}`)"
@@ -541,14 +565,17 @@ pub fn sd_image(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let secrets = Secrets::load(profile)?;
-    let base = store.ensure_base(&profile.base)?;
+    let base = store.ensure_base(&base_spec)?;
     let epoch = source_date_epoch(&base)?;
     let layout_text = std::fs::read(&layout_path)
         .with_context(|| format!("reading {}", layout_path.display()))?;
     let inputs = format!(
         "{}-{}",
         inputs_hash(
-            &shared_inputs(profile, &Overlays::builtin()?)?,
+            &format!(
+                "{}{shared_extra}",
+                shared_inputs(profile, &Overlays::builtin()?)?
+            ),
             &plan,
             &base,
             epoch,

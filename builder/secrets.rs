@@ -125,13 +125,20 @@ pub fn init(profile: &Profile, dir: &Path, force: bool) -> Result<InitReport> {
         note(&p, false);
     }
 
-    for node in &profile.nodes {
-        let p = host_key_path(dir, &node.name);
+    // The controller's key serves its card (`chbuild sd <controller>`).
+    let controller = &profile.controller.hostname;
+    let hosts = profile
+        .nodes
+        .iter()
+        .map(|n| (&n.name, &n.hostname))
+        .chain(std::iter::once((controller, controller)));
+    for (name, hostname) in hosts {
+        let p = host_key_path(dir, name);
         if p.exists() && !force {
             note(&p, false);
             continue;
         }
-        let (private, public) = new_ed25519(&format!("root@{}", node.hostname))?;
+        let (private, public) = new_ed25519(&format!("root@{hostname}"))?;
         write_secret(&p, private.as_bytes(), 0o600, true)?;
         write_secret(&p.with_extension("pub"), public.as_bytes(), 0o644, true)?;
         note(&p, true);

@@ -34,6 +34,9 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
             "base": p.base,
             "secrets_dir": p.secrets_dir,
             "controller": p.controller_plan(),
+            "controller_artifacts": p.controller.base.as_ref().map(|_| {
+                vec![format!("{}.img (+ .bmap, .sha256)", p.controller.hostname)]
+            }).unwrap_or_default(),
             "nodes": plans.iter().map(|pl| serde_json::json!({
                 "name": pl.name,
                 "hostname": pl.hostname,
@@ -66,6 +69,13 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
         p.controller.zero_address
     )?;
     super::controller::write_plan(&mut o, &p.controller_plan())?;
+    if p.controller.base.is_some() {
+        writeln!(
+            o,
+            "  artifacts: {}.img (+ .bmap, .sha256) from [controller.base]",
+            p.controller.hostname
+        )?;
+    }
     for pl in &plans {
         writeln!(
             o,

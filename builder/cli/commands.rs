@@ -128,9 +128,13 @@ fn image(cli: &Cli, args: &ImageArgs) -> Result<()> {
 
 fn sd(cli: &Cli, args: &SdArgs) -> Result<()> {
     let p = load(cli)?;
-    let nodes = select(&p, std::slice::from_ref(&args.node))?;
+    let node = if p.controller.is_named(&args.node) {
+        p.controller.hostname.clone()
+    } else {
+        select(&p, std::slice::from_ref(&args.node))?.remove(0)
+    };
     let st = store(cli)?;
-    let report = crate::pipeline::sd(&p, &st, &nodes[0], &args.options())?;
+    let report = crate::pipeline::sd(&p, &st, &node, &args.options())?;
     print_json(cli, &report)
 }
 

@@ -136,18 +136,11 @@ fn line_diff(path: &str, old: &str, new: &str) -> String {
     s
 }
 
-fn unit_target(unit: &str) -> &'static str {
-    if unit.ends_with(".automount") {
-        "remote-fs.target"
-    } else {
-        "multi-user.target"
-    }
-}
 
 fn enabled(w: &TreeWriter, unit: &str) -> bool {
     w.exists(format!(
         "etc/systemd/system/{}.wants/{unit}",
-        unit_target(unit)
+        crate::roles::controller::unit_target(unit)
     ))
 }
 
@@ -253,7 +246,7 @@ pub fn deploy(profile: &Profile, opts: &Options) -> Result<Report> {
         if enabled(&w, unit) {
             continue;
         }
-        if crate::roles::enable_unit(&mut w, unit, unit_target(unit))? {
+        if crate::roles::enable_unit(&mut w, unit, crate::roles::controller::unit_target(unit))? {
             report.enabled.push(unit.clone());
             if !restart.contains(unit) {
                 restart.push(unit.clone());

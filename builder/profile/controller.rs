@@ -5,10 +5,12 @@
 //! template renders the same file for the controller and the nodes.
 
 use super::plan::{
-    cluster_hosts, slurm_layout, ControllerPlan, HostEntry, SlurmNode, SlurmPartition, UserPlan,
+    cluster_hosts, slurm_layout, ControllerPlan, HostEntry, NodePlan, SlurmNode, SlurmPartition,
+    UserPlan,
 };
-use super::{NodeKind, Profile};
+use super::{Node, NodeKind, Profile};
 use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 /// One `Host` block of the admin user's `~/.ssh/config`.
@@ -203,6 +205,52 @@ fn host_blocks(p: &Profile, from_lan: bool) -> Vec<SshHost> {
 impl Profile {
     pub fn controller_plan(&self) -> ControllerNodePlan {
         ControllerNodePlan::new(self)
+    }
+
+    /// The controller as an SD node, for `chbuild sd <controller>` (None
+    /// without `[controller.base]`): the roles every SD node gets (host
+    /// name, hosts, users, SSH, munge key, Slurm's files), on the
+    /// controller's own base. What only the controller has (slurmctld,
+    /// its exports or mount, k3s, the SSH hub) are its owned files, baked
+    /// on top; ClusterCTRL routes the Zeros itself, so no route to them.
+    pub fn controller_sd_plan(&self) -> Option<NodePlan> {
+        let c = &self.controller;
+        let base = c.base.as_ref()?;
+        let cp = self.controller_plan();
+        let node = Node {
+            name: c.hostname.clone(),
+            kind: NodeKind::Sd,
+            model: c.model,
+            address: c.lan_address,
+            hostname: c.hostname.clone(),
+            slot: None,
+            groups: BTreeSet::new(),
+            extra_packages: vec![],
+            memory_mb: c.memory_mb,
+            cpus: c.cpus,
+            docker_override: Some(false),
+            vars: BTreeMap::new(),
+        };
+        let mut plan = NodePlan::new(self, &node);
+        plan.architecture = base.architecture;
+        plan.boot_dir = base.boot_dir.clone();
+        plan.hosts = cp.hosts;
+        plan.munge = cp.munge;
+        plan.slurm = cp.slurm;
+        plan.zero_route = None;
+        plan.nfs_role = None;
+        plan.nfs_server_address = None;
+        plan.k3s_role = None;
+        plan.k3s_server_url = None;
+        plan.k3s_airgap = false;
+        plan.docker = false;
+        // What the base lacks is installed at first boot, as on the nodes.
+        for p in cp.packages {
+            if !plan.packages.contains(&p) {
+                plan.packages.push(p);
+            }
+        }
+        Some(plan)
     }
 }
 

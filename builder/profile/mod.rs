@@ -122,6 +122,8 @@ pub struct Controller {
     pub cpus: u32,
     pub memory_mb: u32,
     pub k3s_agent: bool,
+    /// `[controller.base]`: what `chbuild sd <controller>` builds on.
+    pub base: Option<Base>,
 }
 
 impl Controller {

@@ -101,6 +101,12 @@ pub struct RawController {
     /// Run a k3s agent on the controller (with `features.k3s`).
     #[serde(default)]
     pub k3s_agent: bool,
+    /// The controller's own base, `[controller.base]` with the keys of
+    /// `[base]` (e.g. a ClusterCTRL CNAT image's root filesystem as an
+    /// archive): with it, `chbuild sd clusterhat` builds a complete
+    /// controller card.
+    #[serde(default)]
+    pub base: Option<RawBase>,
 }
 
 fn default_controller_partition() -> Spanned<String> {

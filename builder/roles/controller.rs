@@ -8,6 +8,8 @@
 //! ClusterCTRL's own files stay untouched: the export chbuild adds goes to
 //! `/etc/exports.d/`, never `/etc/exports`, which holds the Zeros' roots.
 
+use super::accounts::Accounts;
+use crate::overlay::write::{Owner, TreeWriter};
 use crate::overlay::{self, Layer, Overlays};
 use crate::profile::controller::ControllerNodePlan;
 use crate::profile::Profile;
@@ -179,6 +181,45 @@ pub fn owned_files(
         }
     }
     Ok(out)
+}
+
+/// The target a controller unit is enabled under.
+pub fn unit_target(unit: &str) -> &'static str {
+    if unit.ends_with(".automount") {
+        "remote-fs.target"
+    } else {
+        "multi-user.target"
+    }
+}
+
+/// The owned files baked into a controller card's tree (`chbuild sd
+/// <controller>`), after the roles every SD node gets, and its units
+/// enabled. An owner the base does not have yet stays root: the slurm
+/// user comes with the slurmctld package at first boot, whose postinst
+/// hands it its directories (munge's key is handed over by the first-boot
+/// unit, as on the nodes). A unit not in the base yet is enabled by its
+/// package when the first-boot unit installs it.
+pub fn bake(
+    profile: &Profile,
+    secrets: &Secrets,
+    overlays: &Overlays,
+    tree: &std::path::Path,
+) -> Result<()> {
+    let plan = profile.controller_plan();
+    let files = owned_files(profile, &plan, secrets, overlays)?;
+    let mut w = TreeWriter::new(tree)?;
+    let acc = Accounts::load(&w)?;
+    for f in &files {
+        let owner = acc.owner(&f.owner, &f.group).unwrap_or(Owner::ROOT);
+        match &f.content {
+            None => w.mkdir(&f.path, f.mode, owner)?,
+            Some(d) => w.write(&f.path, d, f.mode, owner)?,
+        }
+    }
+    for unit in &plan.units {
+        super::enable_unit(&mut w, unit, unit_target(unit))?;
+    }
+    Ok(())
 }
 
 /// `ssh_config` for the admin's machine on the LAN: the controller's SSH

@@ -52,6 +52,7 @@ pub(super) fn controller(
         cpus: 0,
         memory_mb: 0,
         k3s_agent: c.k3s_agent,
+        base: None,
     };
     let controller = Controller {
         cpus: c.cpus.unwrap_or(controller.model.cpus()),

@@ -114,10 +114,24 @@ pub(super) fn parse(
     })?;
     let ctx = Ctx { text, file };
     let cluster = cluster::cluster(&ctx, &raw.cluster)?;
-    let controller = cluster::controller(&ctx, &raw.controller, &cluster)?;
+    let mut controller = cluster::controller(&ctx, &raw.controller, &cluster)?;
     let groups = groups::aggregates(&ctx, &raw.groups)?;
     let (source, architecture) = base::source(&ctx, &raw.base, &raw.packages)?;
     let boot_dir = base::boot_dir(&ctx, &raw.base)?;
+    if let Some(rb) = &raw.controller.base {
+        // The same checks as `[base]`, named as the controller's keys.
+        let named = |mut e: ProfileError| {
+            e.key = format!("controller.{}", e.key);
+            e
+        };
+        let (source, architecture) = base::source(&ctx, rb, &raw.packages).map_err(named)?;
+        let boot_dir = base::boot_dir(&ctx, rb).map_err(named)?;
+        controller.base = Some(Base {
+            source,
+            architecture,
+            boot_dir,
+        });
+    }
     let secrets_dir = match secrets_override {
         Some(d) => d.to_path_buf(),
         None => user::secrets_dir(&raw.secrets, &cluster.name, file),
