@@ -544,7 +544,11 @@ pub fn sd_image(
                 profile.controller.hostname
             ))
         })?;
-        let base = profile.controller.base.clone().expect("the plan has a base");
+        let base = profile
+            .controller
+            .base
+            .clone()
+            .expect("the plan has a base");
         // Its owned files follow the controller's plan.
         let extra = serde_json::to_string(&profile.controller_plan())?;
         (plan, base, extra)

@@ -906,3 +906,203 @@ fn slurmctld_and_munged_run_the_generated_config() {
     let t = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(t.contains("State=IDLE"), "{t}");
 }
+
+// ---------------------------------------------------------------- sd card
+
+/// The test profile with `[controller.base]`: the Pi fixture archive
+/// stands in for a ClusterCTRL CNAT image's root filesystem.
+fn chbuild_sd() -> Chbuild {
+    let mut c = chbuild();
+    c.profile = cli_support::profile("controller-sd.toml");
+    c
+}
+
+/// The root partition (the second) of an SD image, cut out with dd.
+fn root_partition(img: &Path, out: &Path) -> PathBuf {
+    let table: serde_json::Value = serde_json::from_slice(
+        &Command::new("sfdisk")
+            .arg("--json")
+            .arg(img)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "boot and root: {table}");
+    let (start, size) = (
+        parts[1]["start"].as_u64().unwrap(),
+        parts[1]["size"].as_u64().unwrap(),
+    );
+    let part = out.join("root.ext4");
+    let dd = Command::new("dd")
+        .arg(format!("if={}", img.display()))
+        .arg(format!("of={}", part.display()))
+        .args([
+            "bs=512",
+            &format!("skip={start}"),
+            &format!("count={size}"),
+            "status=none",
+        ])
+        .status()
+        .unwrap();
+    assert!(dd.success());
+    part
+}
+
+fn debugfs(part: &Path, request: &str) -> String {
+    let o = Command::new("debugfs")
+        .arg("-R")
+        .arg(request)
+        .arg(part)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "debugfs {request}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn sd_builds_a_complete_controller_card_and_reuses_it() {
+    if !root_or_skip() || !cli_support::fixture_present() {
+        return;
+    }
+    let c = chbuild_sd();
+    let out = out_dir("sd-card");
+    fs::create_dir_all(&out).unwrap();
+    let img = out.join(format!("{HOST}.img"));
+    let o = c.ok(&["sd", HOST, "--output", img.to_str().unwrap()]);
+    assert!(!text(&o).contains("reused"), "{}", text(&o));
+    assert_eq!(
+        fs::metadata(&img).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the card holds the munge key"
+    );
+    for extra in ["bmap", "sha256"] {
+        assert!(out.join(format!("{HOST}.img.{extra}")).is_file(), "{extra}");
+    }
+    let sums = Command::new("sha256sum")
+        .args(["-c", &format!("{HOST}.img.sha256")])
+        .current_dir(&out)
+        .output()
+        .unwrap();
+    assert!(sums.status.success(), "{}", text(&sums));
+
+    let part = root_partition(&img, &out);
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "{}", text(&fsck));
+
+    // The roles an SD node gets, for the controller.
+    assert_eq!(debugfs(&part, "cat /etc/hostname").trim(), HOST);
+    let hosts = debugfs(&part, "cat /etc/hosts");
+    assert!(
+        hosts.contains("172.16.2.200\tclusterhat controller p0")
+            && hosts.contains("172.19.181.1\tz1"),
+        "{hosts}"
+    );
+    let key = fs::read_to_string(
+        c.secrets
+            .join("hostkeys")
+            .join(HOST)
+            .join("ssh_host_ed25519_key.pub"),
+    )
+    .unwrap();
+    assert!(key.trim_end().ends_with("root@clusterhat"), "{key}");
+    assert_eq!(
+        debugfs(&part, "cat /etc/ssh/ssh_host_ed25519_key.pub"),
+        key,
+        "the controller's own host key from the secrets directory"
+    );
+    let private = debugfs(&part, "stat /etc/ssh/ssh_host_ed25519_key");
+    assert!(private.contains("Mode:  0600"), "{private}");
+
+    // The munge key, 0400 and owned by the base's munge user.
+    let munge_uid: u32 = debugfs(&part, "cat /etc/passwd")
+        .lines()
+        .find(|l| l.starts_with("munge:"))
+        .and_then(|l| l.split(':').nth(2))
+        .expect("the base has a munge user")
+        .parse()
+        .unwrap();
+    let stat = debugfs(&part, "stat /etc/munge/munge.key");
+    assert!(stat.contains("Mode:  0400"), "{stat}");
+    assert!(stat.contains(&format!("User: {munge_uid:>5}")), "{stat}");
+    let dumped = out.join("munge.key");
+    debugfs(
+        &part,
+        &format!("dump /etc/munge/munge.key {}", dumped.display()),
+    );
+    assert_eq!(
+        fs::read(&dumped).unwrap(),
+        fs::read(c.secrets.join("munge.key")).unwrap()
+    );
+
+    // The controller's own files: slurm.conf is the nodes' file, byte for
+    // byte; slurmctld's directories and the SSH hub are there.
+    let nodes = out.join("nodes");
+    c.ok(&[
+        "image",
+        "p1",
+        "-o",
+        nodes.to_str().unwrap(),
+        "--format",
+        "dir",
+    ]);
+    let node_conf = fs::read_to_string(nodes.join("p1/etc/slurm/slurm.conf")).unwrap();
+    let conf = debugfs(&part, "cat /etc/slurm/slurm.conf");
+    assert_eq!(conf, node_conf);
+    assert!(conf.contains(&format!("SlurmctldHost={HOST}")), "{conf}");
+    assert!(debugfs(&part, "stat /var/lib/slurm/slurmctld").contains("Type: directory"));
+    let ssh = debugfs(&part, "cat /home/pi/.ssh/config");
+    assert!(ssh.contains("Host z1") && ssh.contains("Host p5"), "{ssh}");
+    let wants = debugfs(&part, "ls /etc/systemd/system/multi-user.target.wants");
+    assert!(wants.contains("munge.service"), "{wants}");
+
+    // Same inputs: the image is reused, untouched.
+    let before = fs::metadata(&img).unwrap().modified().unwrap();
+    let o = c.ok(&["sd", "controller", "--output", img.to_str().unwrap()]);
+    assert!(text(&o).contains("up to date, reused"), "{}", text(&o));
+    assert_eq!(before, fs::metadata(&img).unwrap().modified().unwrap());
+    let _ = fs::remove_dir_all(&out);
+}
+
+#[test]
+fn sd_without_a_controller_base_is_a_usage_error() {
+    let c = chbuild();
+    let out = out_dir("sd-no-base");
+    let img = out.join("c.img");
+    let o = c.run(&["sd", HOST, "--output", img.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("gives the controller clusterhat no base") && t.contains("[controller.base]"),
+        "{t}"
+    );
+    assert!(!img.exists());
+    // `check` lists the card only when there is a base.
+    let o = c.ok(&["check"]);
+    assert!(!text(&o).contains(&format!("{HOST}.img")), "{}", text(&o));
+    let o = chbuild_sd().ok(&["check"]);
+    assert!(text(&o).contains(&format!("artifacts: {HOST}.img (+ .bmap, .sha256)")));
+
+    // A bad controller base names its line and key.
+    let src = cli_support::profile("controller-sd.toml");
+    let good = fs::read_to_string(&src).unwrap();
+    let bad = good.replacen("source = \"archive\"", "source = \"tape\"", 1);
+    let line = bad[..bad.find("\"tape\"").unwrap()].matches('\n').count() + 1;
+    let p = src.with_file_name(".bad-controller-base.toml");
+    fs::write(&p, bad).unwrap();
+    let mut b = chbuild();
+    b.profile = p.clone();
+    let o = b.run(&["check"]);
+    let _ = fs::remove_file(&p);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains(&format!("{}:{line}:", p.display())) && t.contains("controller.base.source"),
+        "{t}"
+    );
+}

@@ -136,7 +136,6 @@ fn line_diff(path: &str, old: &str, new: &str) -> String {
     s
 }
 
-
 fn enabled(w: &TreeWriter, unit: &str) -> bool {
     w.exists(format!(
         "etc/systemd/system/{}.wants/{unit}",
