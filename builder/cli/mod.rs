@@ -67,7 +67,8 @@ pub enum Verb {
     Secrets(SecretsVerb),
     /// Build node trees and tarballs (z1..z4, z1,z3, @group, all)
     Image(ImageArgs),
-    /// Build an SD card image of an SD-booted node, or write it to a card
+    /// Build an SD card image of an SD-booted node (or the controller), or
+    /// write it to a card
     Sd(SdArgs),
     /// Install Zero trees into ClusterCTRL's NFS directories (on the
     /// controller)
@@ -214,7 +215,7 @@ impl From<Format> for crate::pipeline::Format {
 
 #[derive(Debug, Args)]
 pub struct SdArgs {
-    /// The SD-booted node
+    /// The SD-booted node, or the controller (with `[controller.base]`)
     pub node: String,
     /// Write the image file here (default: <output>/<node>.img)
     #[arg(long, short = 'o')]
