@@ -409,16 +409,6 @@ fn count_files(tree: &Path) -> Result<u64> {
     Ok(n)
 }
 
-/// Find a file shipped with chbuild (`overlays/`, `images/...`): walking up
-/// from the profile's directory, else where chbuild was built from.
-fn shipped(profile: &Profile, rel: &str) -> PathBuf {
-    let dir = std::fs::canonicalize(profile.dir()).unwrap_or_else(|_| profile.dir().to_path_buf());
-    dir.ancestors()
-        .map(|a| a.join(rel))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
-}
-
 /// Where `sd` puts the image and what it does with it.
 #[derive(Debug, Clone, Default)]
 pub struct SdOptions {
@@ -461,7 +451,7 @@ pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdOptions) -> Res
             Ok(m) => m.len(),
             // No image yet: its layout's fixed part is a lower bound.
             Err(_) => {
-                let l = crate::disk::load_layout(&sd_layout_path(profile, args.layout.as_deref()))?;
+                let (l, _) = crate::disk::resolve_layout(args.layout.as_deref())?;
                 l.alignment + l.boot_size + l.root_margin
             }
         };
@@ -514,16 +504,6 @@ pub fn sd(profile: &Profile, store: &Store, node: &str, args: &SdOptions) -> Res
 
 /// The SD image of one node at `image_path`, reused when its inputs are
 /// unchanged (never for a public build, whose secrets are collected).
-/// The disk layout given, or the shipped default.
-fn sd_layout_path(profile: &Profile, layout: Option<&Path>) -> PathBuf {
-    layout.map(Path::to_path_buf).unwrap_or_else(|| {
-        shipped(
-            profile,
-            &crate::disk::default_layout_path().to_string_lossy(),
-        )
-    })
-}
-
 pub fn sd_image(
     profile: &Profile,
     store: &Store,
@@ -563,16 +543,13 @@ pub fn sd_image(
         ))
         .into());
     }
-    let layout_path = sd_layout_path(profile, layout);
-    let layout = crate::disk::load_layout(&layout_path)?;
+    let (layout, layout_text) = crate::disk::resolve_layout(layout)?;
     let dir = image_dir(image_path);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let secrets = Secrets::load(profile)?;
     let base = store.ensure_base(&base_spec)?;
     let epoch = source_date_epoch(&base)?;
-    let layout_text = std::fs::read(&layout_path)
-        .with_context(|| format!("reading {}", layout_path.display()))?;
     let inputs = format!(
         "{}-{}",
         inputs_hash(

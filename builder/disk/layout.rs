@@ -41,9 +41,36 @@ pub struct Layout {
     pub root_margin: u64,
 }
 
-/// The default layout (MBR), relative like the default profile.
+/// The layouts shipped in `images/`, embedded at build time so that an
+/// installed binary needs no source tree. The first is the default.
+const BUILT_IN: [(&str, &str); 2] = [
+    ("sd-mbr.toml", include_str!("../../images/sd-mbr.toml")),
+    ("sd-gpt.toml", include_str!("../../images/sd-gpt.toml")),
+];
+
+/// The default layout (MBR), as the README names it.
 pub fn default_layout_path() -> PathBuf {
-    PathBuf::from("images/sd-mbr.toml")
+    PathBuf::from("images").join(BUILT_IN[0].0)
+}
+
+/// The layout to use and its text (an input of the image): the file given,
+/// else the built-in default. A shipped name (`images/sd-gpt.toml`, as the
+/// README writes it) that is not there from the current directory is the
+/// built-in copy.
+pub fn resolve_layout(path: Option<&Path>) -> Result<(Layout, String)> {
+    let path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(default_layout_path);
+    let shipped = BUILT_IN.iter().find(|(name, _)| {
+        path.file_name() == Some(std::ffi::OsStr::new(name))
+            && matches!(path.parent().and_then(Path::to_str), Some("" | "images"))
+    });
+    let text = match (path.exists(), shipped) {
+        (false, Some((_, text))) => text.to_string(),
+        _ => std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the disk layout {}", path.display()))?,
+    };
+    Ok((parse_layout(&text, &path)?, text))
 }
 
 pub fn load_layout(path: &Path) -> Result<Layout> {
@@ -92,6 +119,23 @@ mod tests {
 
     fn parse(text: &str) -> Result<Layout> {
         parse_layout(text, Path::new("lay.toml"))
+    }
+
+    #[test]
+    fn built_in_layouts_need_no_source_tree() {
+        let (mbr, _) = resolve_layout(None).unwrap();
+        assert_eq!(mbr.table, TableKind::Mbr);
+        // Tests run in the source tree: a bare name is not on disk there, so
+        // this is the embedded copy.
+        assert!(!Path::new("sd-gpt.toml").exists());
+        let (gpt, text) = resolve_layout(Some(Path::new("sd-gpt.toml"))).unwrap();
+        assert_eq!(gpt.table, TableKind::Gpt);
+        assert_eq!(text, BUILT_IN[1].1);
+        let e = resolve_layout(Some(Path::new("/nonexistent/sd-gpt.toml"))).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("/nonexistent/sd-gpt.toml"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ mod layout;
 mod table;
 mod treefix;
 
-pub use layout::{default_layout_path, load_layout, parse_layout, Layout, TableKind};
+pub use layout::{
+    default_layout_path, load_layout, parse_layout, resolve_layout, Layout, TableKind,
+};
 
 use crate::fs::{Durability, Inode, NewFile};
 use crate::profile::plan::NodePlan;
