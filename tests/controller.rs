@@ -101,7 +101,12 @@ fn check_shows_the_controller_plan() {
 
 /// A broken copy of the test profile: `edit` replaces one text.
 fn bad_profile(name: &str, from: &str, to: &str) -> (PathBuf, String) {
-    let src = cli_support::profile("controller.toml");
+    bad_profile_of("controller.toml", name, from, to)
+}
+
+/// A broken copy of the test profile `file`.
+fn bad_profile_of(file: &str, name: &str, from: &str, to: &str) -> (PathBuf, String) {
+    let src = cli_support::profile(file);
     let text = fs::read_to_string(&src).unwrap();
     assert!(text.contains(from), "{from}");
     let text = text.replacen(from, to, 1);
@@ -114,7 +119,11 @@ fn bad_profile(name: &str, from: &str, to: &str) -> (PathBuf, String) {
 }
 
 fn expect_profile_error(name: &str, from: &str, to: &str, says: &str) {
-    let (p, at) = bad_profile(name, from, to);
+    expect_profile_error_of("controller.toml", name, from, to, says)
+}
+
+fn expect_profile_error_of(file: &str, name: &str, from: &str, to: &str, says: &str) {
+    let (p, at) = bad_profile_of(file, name, from, to);
     let mut c = chbuild();
     c.profile = p.clone();
     let o = c.run(&["check"]);
@@ -1089,20 +1098,11 @@ fn sd_without_a_controller_base_is_a_usage_error() {
     assert!(text(&o).contains(&format!("artifacts: {HOST}.img (+ .bmap, .sha256)")));
 
     // A bad controller base names its line and key.
-    let src = cli_support::profile("controller-sd.toml");
-    let good = fs::read_to_string(&src).unwrap();
-    let bad = good.replacen("source = \"archive\"", "source = \"tape\"", 1);
-    let line = bad[..bad.find("\"tape\"").unwrap()].matches('\n').count() + 1;
-    let p = src.with_file_name(".bad-controller-base.toml");
-    fs::write(&p, bad).unwrap();
-    let mut b = chbuild();
-    b.profile = p.clone();
-    let o = b.run(&["check"]);
-    let _ = fs::remove_file(&p);
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{t}");
-    assert!(
-        t.contains(&format!("{}:{line}:", p.display())) && t.contains("controller.base.source"),
-        "{t}"
+    expect_profile_error_of(
+        "controller-sd.toml",
+        "controller-base",
+        "source = \"archive\"",
+        "source = \"tape\"",
+        "controller.base.source: unknown source `tape`",
     );
 }
