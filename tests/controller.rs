@@ -171,11 +171,24 @@ fn the_controller_can_serve_nfs_and_run_a_k3s_agent() {
         "nfs_server = \"p5\"",
         "nfs_server = \"controller\"",
     );
-    let text_now = fs::read_to_string(&p).unwrap().replacen(
-        "model = \"pi4\"\n",
-        "model = \"pi4\"\nk3s_agent = true\n",
-        1,
-    );
+    // An air-gap bundle (a stand-in binary and images tarball): the
+    // controller's agent is baked like a node's.
+    let bundle = out_dir("k3s-bundle");
+    fs::create_dir_all(&bundle).unwrap();
+    fs::write(bundle.join("k3s"), b"#!/bin/sh\necho stand-in k3s\n").unwrap();
+    fs::write(bundle.join("k3s-airgap-images-arm64.tar.zst"), b"images").unwrap();
+    let text_now = fs::read_to_string(&p)
+        .unwrap()
+        .replacen(
+            "model = \"pi4\"\n",
+            "model = \"pi4\"\nk3s_agent = true\n",
+            1,
+        )
+        .replacen(
+            "[features]\n",
+            &format!("[features]\nk3s_airgap_dir = \"{}\"\n", bundle.display()),
+            1,
+        );
     fs::write(&p, text_now).unwrap();
     let mut c = chbuild();
     c.profile = p.clone();
@@ -231,6 +244,21 @@ fn the_controller_can_serve_nfs_and_run_a_k3s_agent() {
     assert!(y.contains("server: \"https://172.16.2.205:6443\""), "{y}");
     assert!(y.contains(&format!("token: \"{}\"", token.trim())), "{y}");
     assert!(y.contains("node-name: \"clusterhat\""), "{y}");
+    let bin = tree.join("usr/local/bin/k3s");
+    assert_eq!(fs::metadata(&bin).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(
+        fs::read(&bin).unwrap(),
+        fs::read(bundle.join("k3s")).unwrap()
+    );
+    assert!(tree
+        .join("var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst")
+        .is_file());
+    let unit = fs::read_to_string(tree.join("etc/systemd/system/k3s-agent.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/k3s agent\n"),
+        "{unit}"
+    );
+    assert!(unit.contains("Type=exec\n"), "{unit}");
 }
 
 // ---------------------------------------------------------------- image

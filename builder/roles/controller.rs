@@ -71,7 +71,7 @@ fn context(
             },
             "slurm": super::slurm::values(&plan.cluster, &plan.slurm_partitions),
             "nfs_client": { "unit": super::escape_path(&plan.nfs_mount_point) },
-            "k3s": { "role": k3s_role, "unit": super::k3s::unit_name(k3s_role) },
+            "k3s": super::k3s::values(k3s_role),
         }),
     );
     Ok(v)
@@ -162,7 +162,26 @@ pub fn owned_files(
         None => {}
     }
     if let Some(role) = &plan.k3s_role {
-        layers.push(("roles/k3s", vec![super::k3s::unit_name(role).to_string()]));
+        let unit = super::k3s::unit_name(role).to_string();
+        layers.push(("roles/k3s", vec![unit.clone()]));
+        // With an air-gap bundle the controller gets what a node gets: the
+        // binary, the images and the unit; without one, only the config
+        // (deploy reports the unit as not installed).
+        if let Some(dir) = profile.features.k3s_airgap_dir.as_deref() {
+            for f in super::k3s::airgap_files(dir)? {
+                let content = std::fs::read(&f.source)
+                    .with_context(|| format!("reading {}", f.source.display()))?;
+                out.push(Owned {
+                    path: f.path,
+                    content: Some(content),
+                    mode: f.mode,
+                    owner: "root".into(),
+                    group: "root".into(),
+                    restarts: vec![unit.clone()],
+                });
+            }
+            layers.push(("roles/k3s_airgap", vec![unit]));
+        }
     }
     for (name, restarts) in layers {
         let l = layer(overlays, name)?;
