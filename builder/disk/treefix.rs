@@ -14,66 +14,18 @@ const GROW_SCRIPT: &str = "usr/local/sbin/chbuild-grow-rootfs";
 const GROW_STAMP: &str = "/var/lib/chbuild/rootfs-grown";
 
 /// The first-boot step (the reference `raspi-expand-rootfs` role): grow
-/// the root partition to the end of the card, then the file system.
-fn grow_script() -> String {
-    format!(
-        r#"#!/bin/sh
-# Grow the root partition and its ext4 file system to fill the SD card.
-# Installed by chbuild; run once on first boot by {GROW_UNIT}.
-set -eu
-root=$(findmnt -no SOURCE /)
-part=$(basename "$(readlink -f "$root")")
-disk=/dev/$(lsblk -no PKNAME "/dev/$part")
-num=$(cat "/sys/class/block/$part/partition")
-if command -v sfdisk >/dev/null 2>&1; then
-  # GPT: move the backup table to the end of the card first.
-  if sfdisk --dump "$disk" | grep -q '^label: gpt'; then
-    sfdisk --relocate gpt-bak-std "$disk"
-  fi
-  echo ', +' | sfdisk --no-reread --no-tell-kernel -N "$num" "$disk"
-  partx -u -n "$num" "$disk"
-elif command -v parted >/dev/null 2>&1; then
-  parted -s -f "$disk" resizepart "$num" 100%
-else
-  # A minimal base has neither (sfdisk is in the fdisk package): with only
-  # util-linux and coreutils, rewrite the MBR entry's sector count, then
-  # tell the kernel with resizepart (BLKPG, fine on a mounted partition).
-  entry=$((446 + 16 * (num - 1)))
-  type=$(dd if="$disk" bs=1 skip=$((entry + 4)) count=1 2>/dev/null | od -An -tx1 | tr -d ' ')
-  if [ "$type" = "ee" ] || [ "$num" -gt 4 ]; then
-    echo "growing a GPT partition needs sfdisk (package fdisk) or parted" >&2
-    exit 1
-  fi
-  start=$(cat "/sys/class/block/$part/start")
-  total=$(cat "/sys/class/block/$(basename "$disk")/size")
-  size=$((total - start))
-  bytes=$(printf '\\%03o\\%03o\\%03o\\%03o' $((size & 255)) $((size >> 8 & 255)) $((size >> 16 & 255)) $((size >> 24 & 255)))
-  printf "$bytes" | dd of="$disk" bs=1 seek=$((entry + 12)) count=4 conv=notrunc,fsync 2>/dev/null
-  resizepart "$disk" "$num" "$size"
-fi
-resize2fs "$root"
-mkdir -p "$(dirname {GROW_STAMP})"
-touch {GROW_STAMP}
-systemctl --no-reload disable {GROW_UNIT} || true
-"#
-    )
-}
-
-fn grow_unit() -> String {
-    format!(
-        "[Unit]
-Description=Grow the root partition and file system to fill the SD card
-ConditionPathExists=!{GROW_STAMP}
-After=local-fs.target
-
-[Service]
-Type=oneshot
-ExecStart=/{GROW_SCRIPT}
-
-[Install]
-WantedBy=multi-user.target
-"
-    )
+/// the root partition to the end of the card, then the file system. Its
+/// script and unit are the templates of `overlays/roles/sd_grow/`, rendered
+/// here because only an SD image has a partition to grow.
+fn grow_files() -> Result<Vec<crate::overlay::Rendered>> {
+    let overlays = crate::overlay::Overlays::builtin()?;
+    let layer = overlays
+        .layer("roles/sd_grow")?
+        .context("the overlays have no layer roles/sd_grow")?;
+    let ctx = serde_json::json!({
+        "roles": { "sd_grow": { "unit": GROW_UNIT, "script": GROW_SCRIPT, "stamp": GROW_STAMP } }
+    });
+    crate::overlay::render_layers(&ctx, &[layer])
 }
 
 /// New cmdline.txt: the base's arguments with `root=PARTUUID=...`,
@@ -270,22 +222,17 @@ pub fn point_tree_at(
     }
 
     let unit_rel = format!("etc/systemd/system/{GROW_UNIT}");
-    replace_file(
-        tree,
-        GROW_SCRIPT,
-        grow_script().as_bytes(),
-        0o755,
-        epoch,
-        &mut times,
-    )?;
-    replace_file(
-        tree,
-        &unit_rel,
-        grow_unit().as_bytes(),
-        0o644,
-        epoch,
-        &mut times,
-    )?;
+    for f in grow_files()? {
+        let Some(content) = &f.content else { continue };
+        replace_file(
+            tree,
+            &f.path.to_string_lossy(),
+            content,
+            f.mode,
+            epoch,
+            &mut times,
+        )?;
+    }
     replace_symlink(
         tree,
         &format!("etc/systemd/system/multi-user.target.wants/{GROW_UNIT}"),
