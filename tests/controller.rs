@@ -36,6 +36,25 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// `ssh -G` of `name` under the SSH config `config`: it must be accepted
+/// and resolve the node to `address`. Returns the resolved settings.
+fn ssh_g(config: &Path, name: &str, address: &str) -> String {
+    let o = Command::new("ssh")
+        .arg("-G")
+        .arg("-F")
+        .arg(config)
+        .arg(name)
+        .output()
+        .expect("running ssh -G");
+    let t = text(&o);
+    assert!(o.status.success(), "{name}: {t}");
+    assert!(
+        t.contains(&format!("\nhostname {address}\n")),
+        "{name}: {t}"
+    );
+    t
+}
+
 fn out_dir(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("controller")
@@ -357,19 +376,7 @@ fn ssh_accepts_the_generated_config_for_every_node() {
         .collect();
     assert_eq!(nodes.len(), 9);
     for (name, address) in &nodes {
-        let o = Command::new("ssh")
-            .arg("-G")
-            .arg("-F")
-            .arg(&config)
-            .arg(name)
-            .output()
-            .expect("running ssh -G");
-        let t = text(&o);
-        assert!(o.status.success(), "{name}: {t}");
-        assert!(
-            t.contains(&format!("\nhostname {address}\n")),
-            "{name}: {t}"
-        );
+        let t = ssh_g(&config, name, address);
         assert!(t.contains("\nuser pi\n"), "{name}: {t}");
         assert!(t.contains("\nstricthostkeychecking true\n"), "{name}: {t}");
         assert!(t.contains("known_hosts.chbuild"), "{name}: {t}");
@@ -381,19 +388,7 @@ fn ssh_accepts_the_generated_config_for_every_node() {
         .iter()
         .chain([&(HOST.to_string(), "172.16.2.200".to_string())])
     {
-        let o = Command::new("ssh")
-            .arg("-G")
-            .arg("-F")
-            .arg(&lan)
-            .arg(name)
-            .output()
-            .expect("running ssh -G");
-        let t = text(&o);
-        assert!(o.status.success(), "{name}: {t}");
-        assert!(
-            t.contains(&format!("\nhostname {address}\n")),
-            "{name}: {t}"
-        );
+        let t = ssh_g(&lan, name, address);
         let jumps = t.contains(&format!("\nproxyjump {HOST}\n"));
         assert_eq!(jumps, name.starts_with('z'), "{name}: {t}");
     }
