@@ -55,13 +55,15 @@ pub fn source_date_epoch(base: &BaseTree) -> Result<i64> {
 fn inputs_hash(
     shared: &str,
     plan: &NodePlan,
-    base: &BaseTree,
+    start: &str,
     epoch: i64,
     secrets: &Secrets,
 ) -> Result<String> {
     let mut h = Sha256::new();
     h.update(shared.as_bytes());
-    h.update(base.digest.as_bytes());
+    // The base's digest, or the key of the package layer the node's tree
+    // starts from.
+    h.update(start.as_bytes());
     h.update(epoch.to_le_bytes());
     h.update(serde_json::to_vec(plan)?);
     h.update(&secrets.munge_key);
@@ -135,8 +137,109 @@ fn airgap_digest(dir: &Path) -> Result<String> {
     Ok(d)
 }
 
+/// Who asked for each of the plans' packages, for layer errors.
+fn package_origins(plans: &[&NodePlan]) -> crate::store::layer::Origins {
+    let mut out = crate::store::layer::Origins::new();
+    for plan in plans {
+        for (pk, origin) in &plan.package_origins {
+            let v = out.entry(pk.clone()).or_default();
+            let who = format!("{origin} on node {}", plan.name);
+            if v.len() < 4 && !v.contains(&who) {
+                v.push(who);
+            }
+        }
+    }
+    out
+}
+
+/// The key each plan's tree starts from: the base's digest when it has
+/// every package the node needs, else the package layer's (which may not
+/// be built yet).
+fn start_keys(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec<String>> {
+    plans
+        .iter()
+        .map(|p| {
+            Ok(store
+                .layer_key(base, p.architecture, &p.packages)?
+                .unwrap_or_else(|| base.digest.clone()))
+        })
+        .collect()
+}
+
+/// The tree each plan starts from: the base when it has every package the
+/// node needs, else the package layer that adds them, built now when the
+/// store lacks it. Every layer is ready before any node tree is written,
+/// so an unknown package stops the build with nothing half-done. When the
+/// plans need different sets, what they all share is built first, as a
+/// layer the others are built on: installed once, its files shared.
+pub fn start_trees(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec<BaseTree>> {
+    let mut sets: Vec<Vec<String>> = plans
+        .iter()
+        .map(|p| crate::store::layer::missing(&base.root, &p.packages))
+        .collect::<Result<_>>()?;
+    sets.retain(|s| !s.is_empty());
+    sets.sort();
+    sets.dedup();
+    if sets.len() > 1 {
+        let common: Vec<String> = sets[0]
+            .iter()
+            .filter(|p| sets.iter().all(|s| s.contains(p)))
+            .cloned()
+            .collect();
+        if !common.is_empty() && !sets.contains(&common) {
+            let arch = plans[0].architecture;
+            store.ensure_layer(base, arch, &common, &package_origins(plans))?;
+        }
+    }
+    plans
+        .iter()
+        .map(|p| store.ensure_layer(base, p.architecture, &p.packages, &package_origins(&[p])))
+        .collect()
+}
+
+/// What `store gc` keeps for a profile: its bases and the package layers
+/// of its nodes (and of the controller's card).
+pub fn store_keep(profile: &Profile, store: &Store) -> Result<Vec<String>> {
+    let mut keep = vec![];
+    let mut add = |base: &crate::profile::Base, plans: Vec<NodePlan>| -> Result<()> {
+        let Some(d) = store.digest_of(base) else {
+            return Ok(());
+        };
+        keep.push(d.clone());
+        if let Some(tree) = store.stored(&d) {
+            keep.extend(start_keys(store, &tree, &plans.iter().collect::<Vec<_>>())?);
+            // The shared layer the nodes' layers were built on.
+            let sets: Vec<Vec<String>> = plans
+                .iter()
+                .map(|p| crate::store::layer::missing(&tree.root, &p.packages))
+                .collect::<Result<_>>()?;
+            if let (Some(first), Some(p)) = (sets.first(), plans.first()) {
+                let common: Vec<String> = first
+                    .iter()
+                    .filter(|x| sets.iter().all(|s| s.contains(x)))
+                    .cloned()
+                    .collect();
+                if let Some(k) = store.layer_key(&tree, p.architecture, &common)? {
+                    keep.push(k);
+                }
+            }
+        }
+        Ok(())
+    };
+    add(
+        &profile.base,
+        profile.nodes.iter().map(|n| profile.plan(n)).collect(),
+    )?;
+    if let (Some(b), Some(plan)) = (&profile.controller.base, profile.controller_sd_plan()) {
+        add(b, vec![plan])?;
+    }
+    keep.sort();
+    keep.dedup();
+    Ok(keep)
+}
+
 /// Compose one node's tree at `dest` (a temporary path) and bake every
-/// role into it.
+/// role into it. `base` is what the tree starts from ([`start_trees`]).
 pub fn build_tree(
     profile: &Profile,
     plan: &NodePlan,
@@ -150,6 +253,14 @@ pub fn build_tree(
     crate::fs::remove_tree(dest)?;
     let stats = crate::tree::compose(&base.root, dest, &profile.link_dirs)
         .with_context(|| format!("composing the tree of {}", plan.name))?;
+    let missing = crate::store::layer::missing(dest, &plan.packages)?;
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the tree of {} lacks packages its plan needs: {}",
+            plan.name,
+            missing.join(" ")
+        );
+    }
     let overlays = Overlays::builtin()?;
     let ctx = crate::roles::RoleCtx {
         profile,
@@ -240,13 +351,17 @@ fn image_locked(
     // composing is mostly file-system metadata calls, which overlap well.
     let want_tar = format == Format::TarZst;
     let shared = shared_inputs(profile, &Overlays::builtin()?)?;
+    let plans: Vec<NodePlan> = nodes
+        .iter()
+        .map(|name| profile.plan(profile.node(name).expect("selection returns known nodes")))
+        .collect();
+    let starts = start_keys(store, &base, &plans.iter().collect::<Vec<_>>())?;
     let mut todo: Vec<(NodePlan, String)> = vec![];
-    for name in nodes {
-        let node = profile.node(name).expect("selection returns known nodes");
-        let plan = profile.plan(node);
+    for (plan, start) in plans.into_iter().zip(starts) {
+        let name = &plan.name;
         let inputs = format!(
             "{}{}",
-            inputs_hash(&shared, &plan, &base, epoch, &secrets)?,
+            inputs_hash(&shared, &plan, &start, epoch, &secrets)?,
             if public.is_some() { "-public" } else { "" }
         );
         if let Some(prev) = manifest.nodes.iter().find(|n| &n.name == name) {
@@ -260,6 +375,11 @@ fn image_locked(
         }
         todo.push((plan, inputs));
     }
+    let starts = start_trees(
+        store,
+        &base,
+        &todo.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+    )?;
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -273,13 +393,14 @@ fn image_locked(
                     let mut done = vec![];
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((plan, inputs)) = todo.get(i) else {
+                        let (Some((plan, inputs)), Some(start)) = (todo.get(i), starts.get(i))
+                        else {
                             break;
                         };
                         let mut stripped = vec![];
                         let collect = public.is_some().then_some(&mut stripped);
                         let r = build_node(
-                            profile, plan, inputs, &base, &secrets, out, epoch, want_tar, collect,
+                            profile, plan, inputs, start, &secrets, out, epoch, want_tar, collect,
                         )
                         .map(|a| (i, a, stripped));
                         let failed = r.is_err();
@@ -550,6 +671,7 @@ pub fn sd_image(
     let secrets = Secrets::load(profile)?;
     let base = store.ensure_base(&base_spec)?;
     let epoch = source_date_epoch(&base)?;
+    let start = start_keys(store, &base, &[&plan])?.remove(0);
     let inputs = format!(
         "{}-{}",
         inputs_hash(
@@ -558,7 +680,7 @@ pub fn sd_image(
                 shared_inputs(profile, &Overlays::builtin()?)?
             ),
             &plan,
-            &base,
+            &start,
             epoch,
             &secrets
         )?,
@@ -579,7 +701,8 @@ pub fn sd_image(
     let _ = std::fs::remove_file(&stamp);
     let tree = dir.join(commit::staged(&format!("{node}.sd-tree")));
     let is_public = public.is_some();
-    build_tree(profile, &plan, &base, &secrets, &tree, epoch, public)?;
+    let start = start_trees(store, &base, &[&plan])?.remove(0);
+    build_tree(profile, &plan, &start, &secrets, &tree, epoch, public)?;
     let started = Instant::now();
     // Built under a staged name, then image, bmap and checksum file are
     // put in place together: never a new image with an old checksum.

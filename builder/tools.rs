@@ -167,6 +167,62 @@ pub fn apt_install(root: &Path, packages: &[String]) -> Result<()> {
     Ok(())
 }
 
+pub const APT_GET: Tool = Tool {
+    program: "apt-get",
+    package: "apt",
+    why: "to install the packages of a package layer",
+};
+pub const APT_CACHE: Tool = Tool {
+    program: "apt-cache",
+    package: "apt",
+    why: "to check that every package of a layer exists",
+};
+pub const LAYER_UNSHARE: Tool = Tool {
+    program: "unshare",
+    package: "util-linux",
+    why: "to build a package layer in a private mount namespace",
+};
+pub const LAYER_SETPRIV: Tool = Tool {
+    program: "setpriv",
+    package: "util-linux",
+    why: "to stop a package layer build when chbuild stops",
+};
+
+/// Run `argv` after the shell `script` (given `script_args`) has set up
+/// mounts, in a mount namespace of its own: the mounts vanish with it, and
+/// it is killed with chbuild (`setpriv --pdeathsig`, `unshare
+/// --kill-child`), so a killed build never leaves a mount behind. The exit
+/// status is the caller's to judge; the output is returned whole.
+pub fn run_with_private_mounts(
+    script: &str,
+    script_args: &[&Path],
+    argv: &[std::ffi::OsString],
+    env: &[(&str, &str)],
+) -> Result<Output> {
+    let mut cmd = LAYER_SETPRIV.command()?;
+    cmd.args(["--pdeathsig", "KILL", "--"])
+        .arg(LAYER_UNSHARE.require()?)
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--fork",
+            "--kill-child=SIGKILL",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "chbuild-layer",
+        ])
+        .args(script_args)
+        .arg("--")
+        .args(argv);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_unchecked(&mut cmd)
+}
+
 /// `systemctl ARGS` on the running system.
 pub fn systemctl(args: &[&str]) -> Result<()> {
     run(Command::new("systemctl").args(args))?;

@@ -166,7 +166,10 @@ impl Vm {
         let port = free_port();
         let log = dir.join(format!("{name}-serial.log"));
         let netdev = format!(
-            "user,id=n0,net={},host={},hostfwd=tcp:127.0.0.1:{port}-{}:22",
+            // restrict=on: the guest reaches nothing beyond QEMU's user
+            // network (the forwarded SSH port still works), so nothing can
+            // be downloaded at first boot: every package must be baked.
+            "user,id=n0,restrict=on,net={},host={},hostfwd=tcp:127.0.0.1:{port}-{}:22",
             spec.net, spec.gateway, spec.guest
         );
         let mut cmd = Command::new("qemu-system-aarch64");
@@ -388,6 +391,30 @@ impl Vm {
         );
     }
 
+    /// What issue 11 promises of a baked node, in its first boot: the
+    /// packages are installed and their units enabled, the first-boot unit
+    /// had nothing to install, and `ll` runs exa (or eza).
+    fn check_baked(&mut self, packages: &[&str], enabled: &[&str]) {
+        for p in packages {
+            let st = self.run(&format!("dpkg-query -W -f '${{Status}}' {p}"));
+            assert_eq!(st, "install ok installed", "package {p}");
+        }
+        for u in enabled {
+            let st = self.run(&format!("systemctl is-enabled {u} || true"));
+            assert_eq!(st, "enabled", "unit {u}");
+        }
+        let journal =
+            self.run("sudo -n journalctl -b -o cat -u chbuild-firstboot.service --no-pager");
+        assert!(
+            journal.contains("nothing to install") && !journal.contains("apt-get"),
+            "first-boot unit journal:\n{journal}"
+        );
+        let ll = self.run("bash -lc 'alias ll'");
+        assert!(ll.contains("exa") || ll.contains("eza"), "ll is {ll}");
+        // Aliases apply from the next line a shell reads.
+        self.run("bash -c 'shopt -s expand_aliases\n. /etc/profile.d/chbuild-aliases.sh\nll / >/dev/null'");
+    }
+
     /// (Result, NRestarts, ExecMainStartTimestamp, ConditionResult) of the
     /// first-boot unit in this boot.
     fn firstboot_state(&mut self) -> Vec<String> {
@@ -552,6 +579,8 @@ fn zero_boots_from_its_tree() {
     let mut vm = Vm::start("z1", &spec, &dir, &out.join("known_hosts"));
     let id = vm.wait_booted(None);
     vm.check_roles(&hostname);
+    vm.check_baked(&["slurmd", "munge"], &["slurmd.service", "munge.service"]);
+    assert_eq!(vm.run("systemctl is-active slurmd || true"), "active");
     vm.check_firstboot_once(&id);
     vm.check_roles(&hostname);
     eprintln!("z1: all checks passed");
@@ -699,6 +728,22 @@ fn sd_node_boots_from_its_image() {
     let mut vm = Vm::start("p5", &spec, &dir, &out.join("known_hosts"));
     let id = vm.wait_booted(None);
     vm.check_roles(&hostname);
+    vm.check_baked(
+        &["nfs-kernel-server", "docker.io"],
+        &["nfs-server.service", "docker.service"],
+    );
+    // The LAN address of the profile, from the product's own network
+    // configuration (no test overlay).
+    let addr = vm.run("ip -4 -o addr show dev eth0");
+    assert!(addr.contains("172.16.2.205/24"), "eth0: {addr}");
+    assert_eq!(
+        vm.run("systemctl is-active nfs-server docker"),
+        "active\nactive"
+    );
+    let exports = vm.run("sudo -n exportfs -v");
+    assert!(exports.contains("/opt/data"), "exports: {exports}");
+    assert!(vm.run("groups").split_whitespace().any(|g| g == "docker"));
+    vm.run("sudo -n docker info --format '{{.ServerVersion}}'");
 
     // The root (found by PARTUUID) was grown to the end of the larger disk.
     let root = vm.run("findmnt -no SOURCE /");

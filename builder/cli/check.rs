@@ -46,6 +46,8 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
                 "groups": pl.groups,
                 "features": features(pl),
                 "overlays": pl.overlays,
+                "packages": pl.packages,
+                "firstboot_installs": pl.firstboot_packages,
                 "artifacts": artifacts(pl),
             })).collect::<Vec<_>>(),
         });
@@ -94,10 +96,27 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
             pl.overlays.join(" < ")
         };
         writeln!(o, "  overlays:  {overlays}")?;
-        writeln!(o, "  packages:  {}", pl.packages.join(" "))?;
+        writeln!(
+            o,
+            "  packages:  {} (baked into the image)",
+            pl.packages.join(" ")
+        )?;
+        writeln!(o, "  firstboot: {}", firstboot(pl))?;
         writeln!(o, "  artifacts: {}", artifacts(pl).join(", "))?;
     }
     Ok(())
+}
+
+/// What the node's first boot installs over the network.
+fn firstboot(pl: &NodePlan) -> String {
+    if pl.firstboot_packages.is_empty() {
+        "nothing to install".into()
+    } else {
+        format!(
+            "installs {} over the network (packages.firstboot)",
+            pl.firstboot_packages.join(" ")
+        )
+    }
 }
 
 fn describe_base(p: &Profile) -> String {

@@ -176,8 +176,12 @@ fn store_verb(cli: &Cli, verb: &StoreVerb) -> Result<()> {
     match verb {
         StoreVerb::List => {
             let entries = st.list()?;
+            let layers = st.layers()?;
             if cli.global.json {
-                return print_json(cli, &entries);
+                return print_json(
+                    cli,
+                    &serde_json::json!({ "bases": entries, "layers": layers }),
+                );
             }
             if entries.is_empty() {
                 tracing::info!(
@@ -188,13 +192,26 @@ fn store_verb(cli: &Cli, verb: &StoreVerb) -> Result<()> {
             for e in entries {
                 println!("{}  {:>8} MiB  {}", e.digest, e.size >> 20, e.source);
             }
+            for l in layers {
+                println!(
+                    "{}  {:>8} MiB  layer on {}{}: {}",
+                    l.key,
+                    l.size >> 20,
+                    &l.base[..12],
+                    l.parent
+                        .as_deref()
+                        .map(|p| format!(" (built on layer {})", &p[..12]))
+                        .unwrap_or_default(),
+                    l.packages.join(" ")
+                );
+            }
         }
         StoreVerb::Gc { all } => {
             let keep = if *all {
                 vec![]
             } else {
                 let p = load(cli)?;
-                st.digest_of(&p.base).into_iter().collect()
+                crate::pipeline::store_keep(&p, &st)?
             };
             for d in st.gc(&keep)? {
                 tracing::info!("removed {d}");

@@ -169,7 +169,7 @@ pub fn deploy(profile: &Profile, opts: &Options) -> Result<Report> {
     };
 
     let status = w.read_string("var/lib/dpkg/status")?.unwrap_or_default();
-    let have = crate::roles::packages::installed(&status);
+    let have = crate::store::layer::installed(&status);
     let missing: Vec<String> = plan
         .packages
         .iter()

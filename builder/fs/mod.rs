@@ -1,5 +1,6 @@
 //! The one owner of low-level file-system work: copying a tree with a link
-//! policy ([`copy_tree`]), writing a file as a new inode renamed into place
+//! policy ([`copy_tree`]), folding an overlayfs upper directory into a
+//! tree ([`merge_upper`]), writing a file as a new inode renamed into place
 //! ([`NewFile`], [`write_new`], [`symlink_new`]), removing a tree
 //! ([`remove_tree`]) and exchanging two paths atomically ([`Dir::exchange`]).
 //! Every stage (store, tree, deploy, disk, artifact, secrets, the overlay
@@ -13,9 +14,11 @@
 //! setting the times last keeps the mtime as asked.
 
 mod copy;
+mod merge;
 mod new;
 
 pub use copy::{copy_tree, CopyStats, LinkPolicy};
+pub use merge::{merge_upper, MergeStats};
 pub use new::{symlink_new, write_new, Durability, Inode, NewFile};
 
 use anyhow::{Context, Result};

@@ -113,7 +113,8 @@ impl ControllerNodePlan {
             units.push("slurmctld.service".to_string());
         }
         if slurm {
-            packages.push("slurmd");
+            // Slurm's cgroup/v2 plugin asks systemd for its scope over D-Bus.
+            packages.extend(["slurmd", "dbus"]);
             units.push("slurmd.service".to_string());
         }
         match nfs_role.as_deref() {
@@ -244,12 +245,12 @@ impl Profile {
         plan.k3s_server_url = None;
         plan.k3s_airgap = false;
         plan.docker = false;
-        // What the base lacks is installed at first boot, as on the nodes.
-        for p in cp.packages {
-            if !plan.packages.contains(&p) {
-                plan.packages.push(p);
-            }
-        }
+        // Baked into the card like a node's packages, from the roles it
+        // has after the changes above.
+        plan.packages.clear();
+        plan.package_origins.clear();
+        super::plan::add_packages(&mut plan, self, &node);
+        plan.add_packages("the controller's roles", &cp.packages);
         Some(plan)
     }
 }

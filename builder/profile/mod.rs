@@ -213,6 +213,7 @@ pub struct Profile {
     pub features: Features,
     pub packages_base: Vec<String>,
     pub packages_extra: BTreeMap<String, Vec<String>>,
+    pub packages_firstboot: Vec<String>,
     pub aggregates: BTreeMap<String, Vec<String>>,
     pub link_dirs: Vec<String>,
     pub secrets_dir: PathBuf,

@@ -167,7 +167,14 @@ pub struct NodePlan {
     pub nfs_export_networks: Vec<String>,
     /// LAN nodes reach the Zeros through the controller.
     pub zero_route: Option<RoutePlan>,
+    /// Every package the node needs, baked into its tree at build time:
+    /// the profile's lists, then what its roles need.
     pub packages: Vec<String>,
+    /// Who asked for each package (`packages.extra.picluster`, `role
+    /// slurm`), for errors that name it.
+    pub package_origins: BTreeMap<String, String>,
+    /// `packages.firstboot`: installed by the node itself at first boot.
+    pub firstboot_packages: Vec<String>,
     pub overlays: Vec<String>,
     pub vars: BTreeMap<String, toml::Value>,
 }
@@ -213,7 +220,7 @@ impl NodePlan {
                 (nfs_role.as_deref() == Some("client"), "nfs-client"),
             ],
         );
-        NodePlan {
+        let mut plan = NodePlan {
             cluster: p.name.clone(),
             name: node.name.clone(),
             hostname: node.hostname.clone(),
@@ -254,10 +261,14 @@ impl NodePlan {
                 network: p.zero_network.to_string(),
                 via: p.controller.lan_address,
             }),
-            packages: packages(p, node),
+            packages: vec![],
+            package_origins: BTreeMap::new(),
+            firstboot_packages: p.packages_firstboot.clone(),
             overlays,
             vars: node.vars.clone(),
-        }
+        };
+        add_packages(&mut plan, p, node);
+        plan
     }
 }
 
@@ -371,24 +382,65 @@ pub fn cluster_hosts(p: &Profile, controller_address: Ipv4Addr) -> Vec<HostEntry
     hosts
 }
 
-/// Base packages, then each group's extras, then the host's, each once.
-fn packages(p: &Profile, node: &Node) -> Vec<String> {
-    let mut packages: Vec<String> = Vec::new();
-    let mut add = |list: &[String]| {
+impl NodePlan {
+    /// Add packages (each once), remembering who first asked for each.
+    pub fn add_packages<S: AsRef<str>>(&mut self, origin: &str, list: &[S]) {
         for pk in list {
-            if !packages.contains(pk) {
-                packages.push(pk.clone());
+            let pk = pk.as_ref();
+            if !self.packages.iter().any(|x| x == pk) {
+                self.packages.push(pk.to_string());
+                self.package_origins
+                    .insert(pk.to_string(), origin.to_string());
             }
         }
-    };
-    add(&p.packages_base);
+    }
+
+    /// What the node's roles run, from the same flags the roles read: the
+    /// packages are installed at build time, so the roles find their
+    /// users, groups and units in the tree and enable them offline.
+    pub fn role_packages(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+        let mut out = vec![];
+        if self.munge {
+            out.push(("role munge", vec!["munge"]));
+        }
+        if self.slurm {
+            // Slurm's cgroup/v2 plugin (proctrack/cgroup on a unified
+            // hierarchy) asks systemd for its scope over D-Bus: without
+            // the bus daemon slurmd does not start.
+            out.push(("role slurm", vec!["slurmd", "dbus"]));
+        }
+        if self.docker {
+            out.push(("role docker", vec!["docker.io"]));
+        }
+        match self.nfs_role.as_deref() {
+            Some("server") => out.push(("role nfs (server)", vec!["nfs-kernel-server"])),
+            Some("client") => out.push(("role nfs (client)", vec!["nfs-common"])),
+            _ => {}
+        }
+        if self.k3s_role.is_some() && !self.k3s_airgap {
+            // First boot fetches the pinned k3s release with them.
+            out.push(("role k3s", vec!["curl", "ca-certificates"]));
+        }
+        out
+    }
+}
+
+/// Base packages, then each group's extras, then the host's, then the
+/// roles', each once.
+pub(super) fn add_packages(plan: &mut NodePlan, p: &Profile, node: &Node) {
+    plan.add_packages("packages.base", &p.packages_base);
     for (g, list) in &p.packages_extra {
         if node.groups.contains(g) {
-            add(list);
+            plan.add_packages(&format!("packages.extra.{g}"), list);
         }
     }
-    add(&node.extra_packages);
-    packages
+    plan.add_packages(
+        &format!("node {} overrides.packages", node.name),
+        &node.extra_packages,
+    );
+    for (origin, list) in plan.role_packages() {
+        plan.add_packages(origin, &list);
+    }
 }
 
 fn usbboot(p: &Profile, node: &Node) -> Option<UsbbootPlan> {

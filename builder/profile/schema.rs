@@ -259,6 +259,11 @@ pub struct RawPackages {
     /// Added per group: group = [packages]. Never replaces `base`.
     #[serde(default)]
     pub extra: BTreeMap<Spanned<String>, Vec<String>>,
+    /// Installed by the first-boot unit over the network instead of at
+    /// build time (everything else is baked into the image): the only way
+    /// a node installs anything itself.
+    #[serde(default)]
+    pub firstboot: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, DocumentedFields)]

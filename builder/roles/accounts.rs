@@ -148,6 +148,16 @@ impl Accounts {
 
     /// Write all four files back as new inodes with Debian's modes
     /// (shadow files 0640 root:shadow).
+    /// Make `user` a member of `group` (group and gshadow), as `usermod
+    /// -aG` would; false when the group does not exist.
+    pub fn add_to_group(&mut self, group: &str, user: &str) -> bool {
+        let added = self.group.add_member(group, 3, user);
+        if added {
+            self.gshadow.add_member(group, 3, user);
+        }
+        added
+    }
+
     pub fn save(&self, w: &mut TreeWriter) -> Result<()> {
         let shadow_gid = self.gid("shadow").unwrap_or(0);
         let secret = Owner {

@@ -1,7 +1,9 @@
-//! The one first-boot unit: does what cannot be done offline (install the
-//! packages the base lacks, create the munge user and give it the key,
-//! install k3s without an air-gap bundle, enable the services those
-//! packages bring). It runs until it succeeds once: a marker file is
+//! The one first-boot unit: does what cannot be done offline. Every
+//! package is baked into the image, so on the default profile that is
+//! nothing but k3s without an air-gap bundle; it installs what the profile
+//! lists in `packages.firstboot` (the only way a node installs anything),
+//! and on a base that was not given its packages (a bare test tree) it
+//! creates the munge user and enables what those packages bring. It runs until it succeeds once: a marker file is
 //! written last, every step is idempotent, a failure is retried (and the
 //! whole script runs again at the next boot). Output goes to the journal.
 //! The unit and the script are `overlays/roles/firstboot/`.

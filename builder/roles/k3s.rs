@@ -97,8 +97,6 @@ pub fn apply(
             enable_unit(w, name, "multi-user.target")?;
         }
         None => {
-            pending.packages.push("curl".into());
-            pending.packages.push("ca-certificates".into());
             pending.k3s_install = Some(role.to_string());
             pending.k3s_version = ctx.profile.features.k3s_version.clone();
         }

@@ -10,8 +10,13 @@
 //! files, keys, bundles) and links stay in code.
 //!
 //! Order: network, users, ssh, munge, slurm, docker, k3s, nfs, shell,
-//! then packages and the first-boot unit (which takes over whatever cannot
-//! be done offline), then the overlays, so an admin's file always wins.
+//! then the first-boot unit (which takes over whatever cannot be done
+//! offline), then the overlays, so an admin's file always wins.
+//!
+//! Every package a role uses is already in the tree (the store's package
+//! layer for the node's set, see [`crate::store::layer`]), so the roles
+//! find their users, groups and units and enable them offline. On a tree
+//! without them (a test's bare base) they leave that to the first boot.
 //!
 //! Units are enabled as `systemctl enable` would, by creating the
 //! `<target>.wants/` symlinks in `etc/systemd/system`; nothing is run in the
@@ -25,7 +30,6 @@ pub mod k3s;
 pub mod munge;
 pub mod network;
 pub mod nfs;
-pub mod packages;
 pub mod shell;
 pub mod slurm;
 pub mod ssh;
@@ -92,8 +96,6 @@ impl<'a> Templates<'a> {
 /// What the roles leave to the first-boot unit.
 #[derive(Debug, Default)]
 pub struct Pending {
-    /// Packages a role needs, beyond the plan's list.
-    pub packages: Vec<String>,
     /// Units to enable (and start) once their package is installed.
     pub enable: Vec<String>,
     /// Create the munge user and give it the key.
@@ -123,9 +125,8 @@ pub fn apply_roles(ctx: &RoleCtx, tree: &Path) -> Result<Vec<PathBuf>> {
     k3s::apply(ctx, &mut t, &mut w, &mut pending).with_context(|| step("k3s"))?;
     nfs::apply(ctx, &mut t, &mut w, &mut pending).with_context(|| step("nfs"))?;
     shell::apply(&mut t, &mut w).with_context(|| step("shell"))?;
-    let missing =
-        packages::missing(&w, ctx.plan, &pending.packages).with_context(|| step("packages"))?;
-    firstboot::apply(&mut t, &mut w, &missing, &pending).with_context(|| step("firstboot"))?;
+    firstboot::apply(&mut t, &mut w, &ctx.plan.firstboot_packages, &pending)
+        .with_context(|| step("firstboot"))?;
     let layers = overlay::layers(ctx.plan, ctx.overlays, ctx.profile.overlay_dir.as_deref())
         .with_context(|| step("overlays"))?;
     overlay::apply_layers(&mut w, &t.vars, &layers).with_context(|| step("overlays"))?;

@@ -25,6 +25,5 @@ pub fn apply(ctx: &RoleCtx, w: &mut TreeWriter, pending: &mut Pending) -> Result
         w.mkdir("etc/munge", 0o700, owner)?;
     }
     w.write(KEY, &ctx.secrets.munge_key, 0o400, owner)?;
-    pending.packages.push("munge".into());
     enable_or_defer(w, pending, "munge.service", "multi-user.target")
 }

@@ -25,7 +25,6 @@ pub fn apply(
             let export = plan.nfs_export_path.trim_start_matches('/');
             w.mkdir(export, 0o755, owner)?;
             w.mkdir(format!("{export}/usbboot"), 0o755, owner)?;
-            pending.packages.push("nfs-kernel-server".into());
             enable_or_defer(w, pending, "nfs-server.service", "multi-user.target")?;
         }
         Some("client") => {
@@ -39,7 +38,6 @@ pub fn apply(
                 w.mkdir(mnt, 0o755, Owner::ROOT)?;
             }
             enable_unit(w, &format!("{name}.automount"), "remote-fs.target")?;
-            pending.packages.push("nfs-common".into());
         }
         _ => {}
     }

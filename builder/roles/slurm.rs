@@ -37,6 +37,5 @@ pub fn apply(
         "slurm",
         values(&ctx.plan.cluster, &ctx.plan.slurm_partitions),
     )?;
-    pending.packages.push("slurmd".into());
     enable_or_defer(w, pending, "slurmd.service", "multi-user.target")
 }

@@ -9,7 +9,9 @@
 //! <store>/<digest>/meta.json        source, archive sha256, totals
 //! <store>/index/<key>               md5 checksums and local archives -> digest
 //! <store>/downloads/                downloads (kept partial for resuming)
-//! <store>/.tmp-*/                   ingests in progress
+//! <store>/layers/<key>/             package layers (see [`layer`])
+//! <store>/apt/                      apt's downloads and indexes, a cache
+//! <store>/.tmp-*/                   ingests and layer builds in progress
 //! <store>/.lock                     held while ingesting or pruning
 //! <store>/.use                      shared by every run, exclusive for gc
 //! ```
@@ -20,6 +22,7 @@
 mod debian;
 mod fetch;
 mod ingest;
+pub mod layer;
 pub mod manifest;
 
 use crate::fs::{remove_tree, sync_dir};
@@ -233,6 +236,11 @@ impl Store {
         })
     }
 
+    /// The stored base with this digest, if complete.
+    pub fn stored(&self, digest: &str) -> Option<BaseTree> {
+        self.complete(digest)
+    }
+
     /// The tree of a complete entry.
     fn complete(&self, digest: &str) -> Option<BaseTree> {
         let dir = self.root.join(digest);
@@ -258,8 +266,9 @@ impl Store {
         Ok(v)
     }
 
-    /// Remove every entry whose digest is not in `keep`, with unfinished
-    /// ingests, partial downloads and index keys left pointing nowhere.
+    /// Remove every entry and layer whose digest is not in `keep`, with
+    /// unfinished ingests, partial downloads, apt's cache and index keys
+    /// left pointing nowhere.
     pub fn gc(&self, keep: &[String]) -> Result<Vec<String>> {
         // Every other chbuild using the store must finish first (and the
         // ones started meanwhile wait for this one): builds hardlink from
@@ -288,6 +297,7 @@ impl Store {
                 removed.push(name);
             }
         }
+        removed.extend(self.gc_layers(keep)?);
         self.remove_abandoned()?;
         for dir in [INDEX, DOWNLOADS] {
             let dir = self.root.join(dir);

@@ -89,6 +89,7 @@ pub fn small_base(filler: usize) -> PathBuf {
         "the fixture has no etc/passwd"
     );
     std::fs::create_dir_all(tree.join("boot/firmware")).unwrap();
+    claim_packages(&tree);
     let fill = tree.join("usr/share/filler");
     std::fs::create_dir_all(&fill).unwrap();
     for i in 0..filler {
@@ -121,6 +122,45 @@ pub fn small_base(filler: usize) -> PathBuf {
     std::fs::rename(&tar, &out).unwrap();
     let _ = std::fs::remove_dir_all(&work);
     out
+}
+
+/// This base is a fragment made to be killed in the middle of, not a
+/// system apt could install into: its dpkg database claims every package
+/// the fixture profile asks for, so no package layer is built on it.
+fn claim_packages(tree: &Path) {
+    let profile = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/profiles/fixture.toml"
+    ))
+    .unwrap();
+    let listed = profile
+        .split("[packages]")
+        .nth(1)
+        .and_then(|rest| rest.split("[groups]").next())
+        .unwrap_or_default()
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string);
+    let roles = [
+        "munge",
+        "slurmd",
+        "dbus",
+        "docker.io",
+        "nfs-kernel-server",
+        "nfs-common",
+        "curl",
+        "ca-certificates",
+        "exa",
+        "eza",
+    ];
+    let mut status = std::fs::read_to_string(tree.join("var/lib/dpkg/status")).unwrap();
+    for p in listed.chain(roles.iter().map(|r| r.to_string())) {
+        status.push_str(&format!(
+            "\nPackage: {p}\nStatus: install ok installed\nArchitecture: arm64\nVersion: 0\n"
+        ));
+    }
+    std::fs::write(tree.join("var/lib/dpkg/status"), status).unwrap();
 }
 
 /// The fixture profile with its base replaced by `base`, written at `path`.

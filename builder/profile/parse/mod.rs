@@ -167,6 +167,7 @@ pub(super) fn parse(
         features,
         packages_base: raw.packages.base.clone(),
         packages_extra,
+        packages_firstboot: raw.packages.firstboot.clone(),
         aggregates: groups.aggregates,
         link_dirs,
         secrets_dir,

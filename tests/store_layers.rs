@@ -1,0 +1,212 @@
+//! Package layers, end to end with real Debian packages from the minbase
+//! fixture's own apt sources, installed by apt and dpkg under qemu-user:
+//! one layer per package set, shared by the nodes that need it and by
+//! inode with the base; a changed group builds one new layer and rebuilds
+//! only that group's nodes; an unknown package names its group and node
+//! and leaves the store and the output as they were.
+//!
+//! Needs root, binfmt_misc for arm64 and the Debian mirror the machine's
+//! apt configuration uses.
+
+mod cli_support;
+use cli_support::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+fn ready() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        skip("package layers keep owners: needs root");
+        return false;
+    }
+    if let Err(e) = chbuild::tools::check_foreign_arch("aarch64") {
+        skip(&format!("arm64 binaries cannot run here: {e:#}"));
+        return false;
+    }
+    fixture_present()
+}
+
+fn env(name: &str, profile_text: Option<String>) -> Chbuild {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let profile = match profile_text {
+        Some(text) => write_profile(&root, "profile.toml", &text),
+        None => profile("layers.toml"),
+    };
+    Chbuild {
+        profile,
+        store: root.join("store"),
+        secrets: root.join("secrets"),
+    }
+}
+
+/// A variant of layers.toml in `dir`, its base named by absolute path.
+fn write_profile(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    let text = text.replace(
+        "../../../shared/fixtures/debian-bookworm-arm64-minbase.tar.xz",
+        MINBASE,
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn layers(c: &Chbuild) -> Vec<serde_json::Value> {
+    let o = c.ok(&["--json", "store", "list"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["layers"].as_array().unwrap().clone()
+}
+
+fn packages(l: &serde_json::Value) -> Vec<String> {
+    l["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn image(c: &Chbuild, out: &Path, nodes: &str) -> serde_json::Value {
+    let o = c.ok(&[
+        "--json",
+        "image",
+        nodes,
+        "--format",
+        "dir",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn ino(p: PathBuf) -> u64 {
+    std::fs::symlink_metadata(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .ino()
+}
+
+fn names(v: &serde_json::Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn one_layer_per_set_shared_and_rebuilt_only_where_changed() {
+    if !ready() {
+        return;
+    }
+    let c = env("layers-reuse", None);
+    c.ok(&["secrets", "init"]);
+    let out = c.store.parent().unwrap().join("out");
+    let r = image(&c, &out, "z1,z2,p1");
+    assert_eq!(names(&r["built"]), ["z1", "z2", "p1"]);
+
+    // Two sets, two layers; the larger built on the smaller.
+    let ls = layers(&c);
+    assert_eq!(ls.len(), 2, "{ls:#?}");
+    let zero = ls
+        .iter()
+        .find(|l| packages(l) == ["tree"])
+        .expect("the Zeros' layer");
+    let pi = ls
+        .iter()
+        .find(|l| packages(l) == ["lsof", "tree"])
+        .expect("the LAN Pi's layer");
+    assert_eq!(pi["parent"], zero["key"]);
+    let installed = names(&pi["installed"]);
+    assert!(
+        installed.iter().any(|p| p.starts_with("lsof=")),
+        "{installed:?}"
+    );
+
+    // The packages are in the trees, and shared: the Zeros' `tree` is one
+    // inode (the layer's), and a base file is still the base's inode.
+    let (z1, z2, p1) = (out.join("z1"), out.join("z2"), out.join("p1"));
+    assert!(p1.join("usr/bin/lsof").is_file());
+    assert!(!z1.join("usr/bin/lsof").exists());
+    assert_eq!(ino(z1.join("usr/bin/tree")), ino(z2.join("usr/bin/tree")));
+    assert_eq!(ino(z1.join("usr/bin/tree")), ino(p1.join("usr/bin/tree")));
+    let store_base = std::fs::read_dir(&c.store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("meta.json").exists())
+        .expect("the stored base");
+    assert_eq!(
+        ino(z1.join("usr/bin/dpkg")),
+        ino(store_base.join("tree/usr/bin/dpkg"))
+    );
+    // dpkg in the tree knows the package, and the first boot has nothing
+    // to install.
+    let status = std::fs::read_to_string(z1.join("var/lib/dpkg/status")).unwrap();
+    assert!(status.contains("Package: tree\nStatus: install ok installed"));
+    let fb = std::fs::read_to_string(z1.join("usr/local/sbin/chbuild-firstboot")).unwrap();
+    assert!(fb.contains("nothing to install"), "{fb}");
+    assert!(!fb.contains("apt-get install"), "{fb}");
+
+    // Unchanged: nothing rebuilt, no new layer.
+    let r = image(&c, &out, "z1,z2,p1");
+    assert_eq!(names(&r["unchanged"]), ["z1", "z2", "p1"]);
+    assert_eq!(layers(&c).len(), 2);
+
+    // One group's extras change: one new layer, only its node rebuilt.
+    let text = std::fs::read_to_string(profile("layers.toml"))
+        .unwrap()
+        .replace(
+            r#"picluster = ["tree", "lsof"]"#,
+            r#"picluster = ["tree", "lsof", "bc"]"#,
+        );
+    let p = write_profile(c.store.parent().unwrap(), "changed.toml", &text);
+    let c2 = Chbuild {
+        profile: p,
+        store: c.store.clone(),
+        secrets: c.secrets.clone(),
+    };
+    let r = image(&c2, &out, "z1,z2,p1");
+    assert_eq!(names(&r["built"]), ["p1"]);
+    assert_eq!(names(&r["unchanged"]), ["z1", "z2"]);
+    let ls = layers(&c2);
+    assert_eq!(ls.len(), 3, "{ls:#?}");
+    assert!(out.join("p1/usr/bin/bc").is_file());
+}
+
+#[test]
+fn an_unknown_package_names_its_group_and_node_and_changes_nothing() {
+    if !ready() {
+        return;
+    }
+    let text = std::fs::read_to_string(profile("layers.toml"))
+        .unwrap()
+        .replace(
+            r#"zerocluster = ["tree"]"#,
+            r#"zerocluster = ["tree", "chbuild-no-such-package"]"#,
+        );
+    let c = env("layers-unknown", Some(text));
+    c.ok(&["secrets", "init"]);
+    let out = c.store.parent().unwrap().join("out");
+    let o = c.run(&[
+        "image",
+        "z1",
+        "--format",
+        "dir",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "an unknown package was accepted");
+    assert!(err.contains("chbuild-no-such-package"), "{err}");
+    assert!(
+        err.contains("packages.extra.zerocluster on node z1"),
+        "{err}"
+    );
+    assert!(!out.join("z1").exists(), "a tree was written");
+    assert!(layers(&c).is_empty(), "a layer was stored");
+    let leftovers: Vec<_> = std::fs::read_dir(&c.store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
