@@ -1,6 +1,7 @@
 //! Shared by the tests that drive the `chbuild` binary on the minbase
-//! fixture: one store and one secrets directory per test binary (under the
-//! target directory, so the base is ingested once), a fixed
+//! fixture: one store for them all and one secrets directory per test
+//! binary (under the target directory, so the base is ingested and its
+//! package layers built once), a fixed
 //! SOURCE_DATE_EPOCH, and the fixture check that prints why a test skips.
 
 #![allow(dead_code)] // each test binary uses its own part of this module
@@ -36,8 +37,15 @@ pub fn fixture_present() -> bool {
     p.exists()
 }
 
-/// `chbuild` with a profile, and a store and secrets directory named after
-/// the test binary.
+/// One store for every test binary that drives chbuild on the fixtures:
+/// the bases are ingested and their package layers (real Debian packages,
+/// installed under emulation) built once for the whole suite.
+pub fn shared_store() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("shared-store")
+}
+
+/// `chbuild` with a profile, the shared store and a secrets directory
+/// named after the test binary.
 pub struct Chbuild {
     pub profile: PathBuf,
     pub store: PathBuf,
@@ -50,7 +58,7 @@ impl Chbuild {
         std::fs::create_dir_all(&root).unwrap();
         Chbuild {
             profile: profile(profile_file),
-            store: root.join("store"),
+            store: shared_store(),
             secrets: root.join("secrets"),
         }
     }
