@@ -170,6 +170,15 @@ fn one_layer_per_set_shared_and_rebuilt_only_where_changed() {
     let ls = layers(&c2);
     assert_eq!(ls.len(), 3, "{ls:#?}");
     assert!(out.join("p1/usr/bin/bc").is_file());
+
+    // gc keeps what the profile's nodes start from (and the layer they
+    // share), drops the rest; `--all` drops every layer.
+    c2.ok(&["store", "gc"]);
+    let mut kept: Vec<String> = layers(&c2).iter().map(|l| packages(l).join(" ")).collect();
+    kept.sort();
+    assert_eq!(kept, ["bc lsof tree", "tree"]);
+    c2.ok(&["store", "gc", "--all"]);
+    assert!(layers(&c2).is_empty());
 }
 
 #[test]
@@ -201,6 +210,132 @@ fn an_unknown_package_names_its_group_and_node_and_changes_nothing() {
         err.contains("packages.extra.zerocluster on node z1"),
         "{err}"
     );
+    assert!(!out.join("z1").exists(), "a tree was written");
+    assert!(layers(&c).is_empty(), "a layer was stored");
+    let leftovers: Vec<_> = std::fs::read_dir(&c.store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A flat apt repository in `dir` with one package whose postinst fails.
+fn failing_repo(dir: &Path) {
+    use sha2::Digest;
+    let pkg = dir.join("pkg");
+    std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    std::fs::write(
+        pkg.join("DEBIAN/control"),
+        "Package: chbuild-test-fail\nVersion: 1\nArchitecture: all\nMaintainer: chbuild tests <root@localhost>\nDescription: fails in its postinst, on purpose\n",
+    )
+    .unwrap();
+    let postinst = pkg.join("DEBIAN/postinst");
+    std::fs::write(
+        &postinst,
+        "#!/bin/sh\necho 'chbuild-test-fail: this postinst fails on purpose' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&postinst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let deb = repo.join("chbuild-test-fail_1_all.deb");
+    chbuild::tools::run(
+        std::process::Command::new("dpkg-deb")
+            .args(["--root-owner-group", "--build"])
+            .arg(&pkg)
+            .arg(&deb),
+    )
+    .unwrap();
+    let bytes = std::fs::read(&deb).unwrap();
+    let packages = format!(
+        "Package: chbuild-test-fail\nVersion: 1\nArchitecture: all\nMaintainer: chbuild tests <root@localhost>\nFilename: ./chbuild-test-fail_1_all.deb\nSize: {}\nSHA256: {}\nDescription: fails in its postinst, on purpose\n",
+        bytes.len(),
+        hex::encode(sha2::Sha256::digest(&bytes))
+    );
+    std::fs::write(repo.join("Packages"), &packages).unwrap();
+    std::fs::write(
+        repo.join("Release"),
+        format!(
+            "Origin: chbuild-tests\nLabel: chbuild-tests\nDate: Tue, 14 Nov 2023 22:13:20 UTC\nSHA256:\n {} {} Packages\n",
+            hex::encode(sha2::Sha256::digest(packages.as_bytes())),
+            packages.len()
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_failing_package_shows_its_lines_and_changes_nothing() {
+    if !ready() {
+        return;
+    }
+    let c = env("layers-dpkg-fails", None);
+    let root = c.store.parent().unwrap().to_path_buf();
+    failing_repo(&root);
+    // The minbase fixture with one more apt source: the repository above.
+    let base = root.join("base.tar");
+    let tar = std::fs::File::create(&base).unwrap();
+    let st = std::process::Command::new("xz")
+        .args(["-dc", MINBASE])
+        .stdout(tar)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let extra = root.join("extra");
+    std::fs::create_dir_all(extra.join("etc/apt/sources.list.d")).unwrap();
+    std::fs::write(
+        extra.join("etc/apt/sources.list.d/chbuild-test.list"),
+        format!(
+            "deb [trusted=yes] file:{} ./\n",
+            root.join("repo").display()
+        ),
+    )
+    .unwrap();
+    chbuild::tools::run(
+        std::process::Command::new("tar")
+            .arg("--append")
+            .arg("-f")
+            .arg(&base)
+            .arg("-C")
+            .arg(&extra)
+            .arg("./etc/apt/sources.list.d/chbuild-test.list"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(profile("layers.toml"))
+        .unwrap()
+        .replace(
+            "../../../shared/fixtures/debian-bookworm-arm64-minbase.tar.xz",
+            &base.display().to_string(),
+        )
+        .replace(
+            r#"zerocluster = ["tree"]"#,
+            r#"zerocluster = ["tree", "chbuild-test-fail"]"#,
+        );
+    let c = Chbuild {
+        profile: write_profile(&root, "profile.toml", &text),
+        ..c
+    };
+    c.ok(&["secrets", "init"]);
+    let out = root.join("out");
+    let o = c.run(&[
+        "image",
+        "z1",
+        "--format",
+        "dir",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a failing postinst was accepted");
+    assert!(err.contains("failing package chbuild-test-fail"), "{err}");
+    assert!(
+        err.contains("packages.extra.zerocluster on node z1"),
+        "{err}"
+    );
+    assert!(err.contains("this postinst fails on purpose"), "{err}");
+    assert!(err.contains("the store is unchanged"), "{err}");
     assert!(!out.join("z1").exists(), "a tree was written");
     assert!(layers(&c).is_empty(), "a layer was stored");
     let leftovers: Vec<_> = std::fs::read_dir(&c.store)

@@ -333,12 +333,15 @@ impl LayerBuild<'_> {
         ] {
             fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
+        let sources = tmp.path().join("sources");
+        copy_sources(&self.parent_tree.root, &sources)?;
         let conf = tmp.path().join("apt.conf");
         fs::write(
             &conf,
             APT_CONF
                 .replace("@ARCH@", self.arch.debian())
-                .replace("@ROOT@", &merged.to_string_lossy()),
+                .replace("@ROOT@", &merged.to_string_lossy())
+                .replace("@SOURCES@", &sources.to_string_lossy()),
         )
         .with_context(|| format!("writing {}", conf.display()))?;
         let mounts = [
@@ -432,7 +435,7 @@ impl LayerBuild<'_> {
             &["var/cache/apt/archives", "var/lib/apt/lists"],
         )
         .with_context(|| format!("folding the layer into {}", tree.display()))?;
-        for d in [&upper, &work, &merged] {
+        for d in [&upper, &work, &merged, &sources] {
             remove_tree(d)?;
         }
         fs::remove_file(&conf).with_context(|| format!("removing {}", conf.display()))?;
@@ -506,6 +509,53 @@ impl LayerBuild<'_> {
     }
 }
 
+/// The tree's apt sources, copied to `dest` (`sources.list` and
+/// `sources.list.d/`) for apt to read in their place, with `file:`
+/// repositories read through apt's `copy:` method: apt hands dpkg a
+/// `file:` repository's packages where they lie, a path on this machine
+/// that dpkg in the tree cannot see, while `copy:` puts them in the
+/// archive cache, which the tree has.
+fn copy_sources(root: &Path, dest: &Path) -> Result<()> {
+    let parts = dest.join("sources.list.d");
+    fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
+    let rewrite = |text: &str| {
+        text.lines()
+            .map(|l| {
+                l.replace(" file:/", " copy:/")
+                    .replace("\tfile:/", "\tcopy:/")
+                    .replace("]file:/", "] copy:/")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    };
+    let list = root.join("etc/apt/sources.list");
+    let text = match fs::read_to_string(&list) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", list.display())),
+    };
+    let out = dest.join("sources.list");
+    fs::write(&out, rewrite(&text)).with_context(|| format!("writing {}", out.display()))?;
+    let d = root.join("etc/apt/sources.list.d");
+    if let Ok(rd) = fs::read_dir(&d) {
+        for e in rd {
+            let e = e.with_context(|| format!("reading {}", d.display()))?;
+            let name = e.file_name();
+            let n = name.to_string_lossy();
+            if !(n.ends_with(".list") || n.ends_with(".sources")) {
+                continue;
+            }
+            let text = fs::read_to_string(e.path())
+                .with_context(|| format!("reading {}", e.path().display()))?;
+            let out = parts.join(&name);
+            fs::write(&out, rewrite(&text))
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Packages `apt-cache policy` shows with an installation candidate.
 fn candidates(policy: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -575,6 +625,29 @@ fn install_failure(log: &str, asked: &[String], origins: &Origins) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_repositories_are_copied() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir_all(root.join("etc/apt/sources.list.d")).unwrap();
+        fs::write(
+            root.join("etc/apt/sources.list"),
+            "deb http://mirror/debian bookworm main\ndeb [trusted=yes] file:/srv/repo ./\n",
+        )
+        .unwrap();
+        fs::write(
+            root.join("etc/apt/sources.list.d/local.sources"),
+            "Types: deb\nURIs: file:/srv/other\nSuites: ./\n",
+        )
+        .unwrap();
+        let dest = t.path().join("out");
+        copy_sources(&root, &dest).unwrap();
+        let list = fs::read_to_string(dest.join("sources.list")).unwrap();
+        assert!(list.contains("http://mirror/debian") && list.contains(" copy:/srv/repo"));
+        let s = fs::read_to_string(dest.join("sources.list.d/local.sources")).unwrap();
+        assert!(s.contains("URIs: copy:/srv/other"), "{s}");
+    }
 
     #[test]
     fn policy_output_names_candidates() {
