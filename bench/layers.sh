@@ -37,7 +37,9 @@ read -r warm warm_rss < <(secs "$bin" --quiet --profile "$profile" --secrets "$w
 ch --json store list >"$work/list.json"
 python3 - "$work/list.json" "$store" <<'EOF'
 import json, os, subprocess, sys
-lst = json.load(open(sys.argv[1]))
+entries = json.load(open(sys.argv[1]))
+lst = {"bases": [e for e in entries if e["kind"] == "base"],
+       "layers": [e for e in entries if e["kind"] == "layer"]}
 store = sys.argv[2]
 
 def installed_kib(tree, names):

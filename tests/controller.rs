@@ -568,7 +568,7 @@ fn deploy_controller_owners_idempotence_and_rollback() {
     let o = deploy(&root, apt, &["--dry-run", "--diff"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        text(&o).contains("would install slurmctld slurmd"),
+        text(&o).contains("would install slurmctld slurmd dbus"),
         "{}",
         text(&o)
     );
@@ -585,7 +585,7 @@ fn deploy_controller_owners_idempotence_and_rollback() {
     let log = fs::read_to_string(root.join("var/log/apt-standin.log")).unwrap();
     assert_eq!(
         log.trim(),
-        "install -y --no-install-recommends -- slurmctld slurmd",
+        "install -y --no-install-recommends -- slurmctld slurmd dbus",
         "only the missing packages"
     );
     let munge = (

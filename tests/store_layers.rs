@@ -54,7 +54,12 @@ fn write_profile(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn layers(c: &Chbuild) -> Vec<serde_json::Value> {
     let o = c.ok(&["--json", "store", "list"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["layers"].as_array().unwrap().clone()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "layer")
+        .cloned()
+        .collect()
 }
 
 fn packages(l: &serde_json::Value) -> Vec<String> {

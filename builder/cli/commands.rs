@@ -178,10 +178,21 @@ fn store_verb(cli: &Cli, verb: &StoreVerb) -> Result<()> {
             let entries = st.list()?;
             let layers = st.layers()?;
             if cli.global.json {
-                return print_json(
-                    cli,
-                    &serde_json::json!({ "bases": entries, "layers": layers }),
-                );
+                // One list: the bases, then the package layers built on
+                // them, each saying which it is.
+                let mut all = vec![];
+                for e in &entries {
+                    let mut v = serde_json::to_value(e)?;
+                    v["kind"] = "base".into();
+                    all.push(v);
+                }
+                for l in &layers {
+                    let mut v = serde_json::to_value(l)?;
+                    v["kind"] = "layer".into();
+                    v["digest"] = l.key.clone().into();
+                    all.push(v);
+                }
+                return print_json(cli, &all);
             }
             if entries.is_empty() {
                 tracing::info!(
