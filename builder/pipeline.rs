@@ -100,6 +100,15 @@ pub fn shared_inputs(profile: &Profile, overlays: &Overlays) -> Result<String> {
         h.update(b"k3s bundle");
         h.update(airgap_digest(dir)?.as_bytes());
     }
+    if let Some(b) = &profile.features.k3s_bundle {
+        // The store keeps them by these sums: they are their content.
+        h.update(b"k3s blobs");
+        for blob in [&b.binary, &b.images] {
+            h.update(blob.sha256.as_bytes());
+            h.update(blob.name.as_bytes());
+            h.update([0]);
+        }
+    }
     Ok(hex::encode(h.finalize()))
 }
 
@@ -211,6 +220,8 @@ fn image_locked(
     format: Format,
     mut public: Option<&mut Vec<SecretFile>>,
 ) -> Result<ImageReport> {
+    // The k3s bundle's files come from the store, as the base does.
+    let profile = &store.with_k3s_bundle(profile)?;
     let secrets = Secrets::load(profile)?;
     let base = store.ensure_base(&profile.base)?;
     let epoch = source_date_epoch(&base)?;
@@ -392,6 +403,7 @@ fn build_node(
         files: files_in_tree,
         inputs: inputs.to_string(),
         files_extra: vec![],
+        needs_network: plan.needs_network(),
     };
     Ok((artifact, moves))
 }
@@ -512,6 +524,7 @@ pub fn sd_image(
     layout: Option<&Path>,
     public: Option<&mut Vec<SecretFile>>,
 ) -> Result<(crate::disk::SdImage, bool)> {
+    let profile = &store.with_k3s_bundle(profile)?;
     let (plan, base_spec, shared_extra) = if profile.controller.is_named(node) {
         let plan = profile.controller_sd_plan().ok_or_else(|| {
             UsageError(format!(

@@ -45,6 +45,7 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
                 "address": pl.address,
                 "groups": pl.groups,
                 "features": features(pl),
+                "needs_network": pl.needs_network(),
                 "overlays": pl.overlays,
                 "artifacts": artifacts(pl),
             })).collect::<Vec<_>>(),
@@ -83,7 +84,9 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
             pl.name,
             serde_json::to_value(pl.kind)?.as_str().unwrap_or(""),
             pl.model,
-            pl.address,
+            pl.address
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "dhcp".into()),
             pl.hostname,
             pl.groups.join(",")
         )?;
@@ -95,6 +98,13 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
         };
         writeln!(o, "  overlays:  {overlays}")?;
         writeln!(o, "  packages:  {}", pl.packages.join(" "))?;
+        if let Some(d) = &pl.k3s_download {
+            writeln!(
+                o,
+                "  network:   first boot downloads k3s {} (sha256 {}): no air-gap bundle",
+                d.version, d.sha256
+            )?;
+        }
         writeln!(o, "  artifacts: {}", artifacts(pl).join(", "))?;
     }
     Ok(())
