@@ -570,7 +570,11 @@ fn dhcp_is_for_sd_nodes_that_serve_nothing() {
 
     // A DHCP LAN Pi is fine: planned by name.
     let dir = tempfile::tempdir().unwrap();
-    let p = variant(dir.path(), "address = \"172.16.2.204\"", "address = \"dhcp\"");
+    let p = variant(
+        dir.path(),
+        "address = \"172.16.2.204\"",
+        "address = \"dhcp\"",
+    );
     let o = chbuild(&["check", "--profile", p.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);

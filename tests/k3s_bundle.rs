@@ -150,7 +150,7 @@ fn a_served_bundle_is_fetched_checked_and_baked() {
     assert_eq!(hits.load(Ordering::SeqCst), 2, "each file fetched once");
     let mut stored = blobs(&c);
     stored.sort();
-    let mut want = vec![sha256(BINARY), sha256(&images)];
+    let mut want = [sha256(BINARY), sha256(&images)];
     want.sort();
     assert!(want.iter().all(|w| stored.contains(w)), "{stored:?}");
 
@@ -162,7 +162,9 @@ fn a_served_bundle_is_fetched_checked_and_baked() {
         let bin = tree.join("usr/local/bin/k3s");
         assert_eq!(std::fs::read(&bin).unwrap(), BINARY, "{node}");
         assert_eq!(mode(&bin), 0o755);
-        let img = tree.join("var/lib/rancher/k3s/agent/images").join(IMAGES_NAME);
+        let img = tree
+            .join("var/lib/rancher/k3s/agent/images")
+            .join(IMAGES_NAME);
         assert_eq!(std::fs::read(&img).unwrap(), images, "{node}");
         let unit_text =
             std::fs::read_to_string(tree.join("etc/systemd/system").join(unit)).unwrap();
@@ -310,12 +312,21 @@ fn without_a_bundle_first_boot_fetches_exactly_the_pinned_release() {
     // Checked before it is installed, then the baked unit is started.
     let check = fb.find("sha256sum -c").unwrap();
     assert!(check < fb.find("mv \"$part\" /usr/local/bin/k3s").unwrap());
-    assert!(fb.contains("systemctl start --no-block k3s.service"), "{fb}");
-    assert!(!fb.contains("get.k3s.io") && !fb.contains("INSTALL_K3S"), "{fb}");
+    assert!(
+        fb.contains("systemctl start --no-block k3s.service"),
+        "{fb}"
+    );
+    assert!(
+        !fb.contains("get.k3s.io") && !fb.contains("INSTALL_K3S"),
+        "{fb}"
+    );
     // The unit and config are baked, the unit enabled and waiting for its
     // binary; the binary itself is not in the image.
     let unit = std::fs::read_to_string(tree.join("etc/systemd/system/k3s.service")).unwrap();
-    assert!(unit.contains("ConditionPathExists=/usr/local/bin/k3s\n"), "{unit}");
+    assert!(
+        unit.contains("ConditionPathExists=/usr/local/bin/k3s\n"),
+        "{unit}"
+    );
     assert!(tree
         .join("etc/systemd/system/multi-user.target.wants/k3s.service")
         .symlink_metadata()

@@ -22,8 +22,7 @@ fn variant(base: &Path, name: &str, add: &[&str], remove: &[&str]) -> PathBuf {
     for a in add {
         let p = dir.join(a);
         std::fs::write(&p, b"#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
     for r in remove {
         std::fs::remove_file(dir.join(r)).unwrap();
@@ -65,16 +64,24 @@ fn common_checks(b: &Built) {
     }
     let hosts = b.read("p5", "etc/hosts");
     assert!(hosts.contains("172.16.2.205\tp5\n"), "{hosts}");
-    assert!(!hosts.contains("p4"), "a DHCP node has no address to list:\n{hosts}");
     assert!(
-        b.known_hosts.lines().any(|l| l.starts_with("p4 ssh-ed25519 ")),
+        !hosts.contains("p4"),
+        "a DHCP node has no address to list:\n{hosts}"
+    );
+    assert!(
+        b.known_hosts
+            .lines()
+            .any(|l| l.starts_with("p4 ssh-ed25519 ")),
         "{}",
         b.known_hosts
     );
     // k3s on the DHCP agent: no node-ip, the server's URL.
     let k3s = b.read("p4", "etc/rancher/k3s/config.yaml");
     assert!(!k3s.contains("node-ip"), "{k3s}");
-    assert!(k3s.contains("server: \"https://172.16.2.205:6443\""), "{k3s}");
+    assert!(
+        k3s.contains("server: \"https://172.16.2.205:6443\""),
+        "{k3s}"
+    );
 }
 
 #[test]
@@ -190,9 +197,14 @@ fn systemd_networkd_without_networkmanager_or_ifupdown() {
          Gateway=172.16.2.1\n\
          DNS=172.16.2.1\n"
     );
-    assert!(b.read("p4", NETWORKD_FILE).contains("[Network]\nDHCP=ipv4\n"));
+    assert!(b
+        .read("p4", NETWORKD_FILE)
+        .contains("[Network]\nDHCP=ipv4\n"));
     for (link, target) in [
-        ("multi-user.target.wants/systemd-networkd.service", "systemd-networkd.service"),
+        (
+            "multi-user.target.wants/systemd-networkd.service",
+            "systemd-networkd.service",
+        ),
         (
             "network-online.target.wants/systemd-networkd-wait-online.service",
             "systemd-networkd-wait-online.service",

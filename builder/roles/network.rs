@@ -92,7 +92,10 @@ const NETWORKD_WAIT_UNIT: &str = "systemd-networkd-wait-online.service";
 fn lan_values(plan: &NodePlan, lan: &LanPlan) -> serde_json::Value {
     // NetworkManager wants a UUID per connection; one derived from the
     // cluster, host and interface keeps rebuilds identical.
-    let h = Sha256::digest(format!("{}/{}/{}", plan.cluster, plan.hostname, lan.interface));
+    let h = Sha256::digest(format!(
+        "{}/{}/{}",
+        plan.cluster, plan.hostname, lan.interface
+    ));
     let mut b: [u8; 16] = h[..16].try_into().expect("a sha256 has 16 bytes");
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;

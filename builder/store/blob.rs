@@ -42,8 +42,8 @@ impl Store {
                 crate::fs::sync_dir(&dir)?;
             }
             BlobSource::Path(path) => {
-                let mut input =
-                    fs::File::open(path).with_context(|| format!("{}: opening {}", blob.key, path.display()))?;
+                let mut input = fs::File::open(path)
+                    .with_context(|| format!("{}: opening {}", blob.key, path.display()))?;
                 // Dropped unless committed: a mismatch leaves no file.
                 let new = NewFile::create(&dest, Inode::new(0o444, Durability::Publish))?;
                 let mut h = Sha256::new();
@@ -60,12 +60,21 @@ impl Store {
                         .write_all(&buf[..n])
                         .with_context(|| format!("writing {}", new.path().display()))?;
                 }
-                fetch::verify(&path.display().to_string(), &want, &hex::encode(h.finalize()))
-                    .with_context(|| format!("{}: the file was not stored", blob.key))?;
+                fetch::verify(
+                    &path.display().to_string(),
+                    &want,
+                    &hex::encode(h.finalize()),
+                )
+                .with_context(|| format!("{}: the file was not stored", blob.key))?;
                 new.commit()?;
             }
         }
-        tracing::info!("stored {} ({}) as {}", blob.key, blob.source, dest.display());
+        tracing::info!(
+            "stored {} ({}) as {}",
+            blob.key,
+            blob.source,
+            dest.display()
+        );
         Ok(dest)
     }
 

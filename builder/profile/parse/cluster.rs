@@ -101,8 +101,7 @@ fn valid_interface(s: &str) -> bool {
     (1..=15).contains(&s.len())
         && s != "."
         && s != ".."
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 

@@ -22,7 +22,11 @@ pub(super) fn features(
      -> Result<Option<String>, ProfileError> {
         match v {
             None => Ok(None),
-            Some(s) if nodes.iter().any(|n| &n.name == s.get_ref() && n.address.is_none()) => {
+            Some(s)
+                if nodes
+                    .iter()
+                    .any(|n| &n.name == s.get_ref() && n.address.is_none()) =>
+            {
                 // Its clients are configured with its address at build time.
                 Err(ctx.err(
                     s.span(),
@@ -220,7 +224,10 @@ fn blob(
         return Err(ctx.err(
             v.span(),
             &sum_key,
-            format!("`{key}` needs `{}` (its sha256)", sum_key.trim_start_matches("features.")),
+            format!(
+                "`{key}` needs `{}` (its sha256)",
+                sum_key.trim_start_matches("features.")
+            ),
         ));
     };
     Ok(Blob {
