@@ -139,6 +139,8 @@ fn a_served_bundle_is_fetched_checked_and_baked() {
     );
     let c = cli(p);
     c.init_secrets();
+    // Fetched by this run, not found from an earlier one.
+    let _ = std::fs::remove_dir_all(c.store.join("blobs"));
     // With a bundle, no node needs the network for k3s.
     let o = c.ok(&["check", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -195,6 +197,14 @@ fn a_served_bundle_is_fetched_checked_and_baked() {
     for n in m["nodes"].as_array().unwrap() {
         assert_eq!(n["needs_network"], serde_json::json!([]), "{n}");
     }
+
+    // gc keeps what the profile's bundle names, and only that.
+    c.ok(&["store", "gc"]);
+    let mut kept = blobs(&c);
+    kept.sort();
+    assert_eq!(kept, want);
+    cli(profile("fixture.toml")).ok(&["store", "gc"]);
+    assert!(blobs(&c).is_empty(), "{:?}", blobs(&c));
 }
 
 #[test]

@@ -190,13 +190,22 @@ fn store_verb(cli: &Cli, verb: &StoreVerb) -> Result<()> {
             }
         }
         StoreVerb::Gc { all } => {
-            let keep = if *all {
-                vec![]
+            let (keep, keep_blobs) = if *all {
+                (vec![], vec![])
             } else {
                 let p = load(cli)?;
-                st.digest_of(&p.base).into_iter().collect()
+                let blobs = p
+                    .features
+                    .k3s_bundle
+                    .iter()
+                    .flat_map(|b| [b.binary.sha256.clone(), b.images.sha256.clone()])
+                    .collect();
+                (st.digest_of(&p.base).into_iter().collect(), blobs)
             };
             for d in st.gc(&keep)? {
+                tracing::info!("removed {d}");
+            }
+            for d in st.gc_blobs(&keep_blobs)? {
                 tracing::info!("removed {d}");
             }
         }

@@ -78,6 +78,29 @@ impl Store {
         Ok(dest)
     }
 
+    /// Remove the stored files whose sha256 is not in `keep`. Only after
+    /// [`Store::gc`], which leaves this process holding the store alone.
+    pub fn gc_blobs(&self, keep: &[String]) -> Result<Vec<String>> {
+        let dir = self.root.join(BLOBS);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        let mut removed = vec![];
+        for e in entries {
+            let e = e.with_context(|| format!("reading {}", dir.display()))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                fs::remove_file(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
+                removed.push(format!("{BLOBS}/{name}"));
+            }
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
     /// The profile with its k3s bundle's files in the store (each
     /// `Blob::stored` set), ready for the roles to bake.
     pub fn with_k3s_bundle(&self, profile: &Profile) -> Result<Profile> {
