@@ -579,6 +579,11 @@ fn dhcp_is_for_sd_nodes_that_serve_nothing() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("\np4 [sd] pi4 dhcp hostname=p4"), "{out}");
+    assert!(out.contains("  lan:       eth0 dhcp\n"), "{out}");
+    assert!(
+        out.contains("  lan:       eth0 172.16.2.205/24 gateway 172.16.2.1 dns 172.16.2.1\n"),
+        "{out}"
+    );
     let o = chbuild(&["show", "p4", "--json", "--profile", p.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -91,6 +91,22 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
             pl.groups.join(",")
         )?;
         writeln!(o, "  features:  {}", features(pl).join(", "))?;
+        if let Some(l) = &pl.lan {
+            let how = match l.address {
+                Some(a) => format!(
+                    "{a}/{} gateway {} dns {}",
+                    l.prefix,
+                    l.gateway,
+                    l.dns
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+                None => "dhcp".into(),
+            };
+            writeln!(o, "  lan:       {} {how}", l.interface)?;
+        }
         let overlays = if pl.overlays.is_empty() {
             "(none exist)".to_string()
         } else {
