@@ -112,6 +112,25 @@ pub fn shared_inputs(profile: &Profile, overlays: &Overlays) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// The profile with its k3s bundle in the store when one of `nodes` (or
+/// the controller, among them) runs k3s: building only other nodes needs
+/// neither the files nor the network to fetch them.
+fn with_k3s_bundle(profile: &Profile, store: &Store, nodes: &[String]) -> Result<Profile> {
+    let runs_k3s = |name: &String| {
+        if profile.controller.is_named(name) {
+            profile.controller_plan().k3s_role.is_some()
+        } else {
+            profile
+                .node(name)
+                .is_some_and(|n| profile.plan(n).k3s_role.is_some())
+        }
+    };
+    if profile.features.k3s_bundle.is_none() || !nodes.iter().any(runs_k3s) {
+        return Ok(profile.clone());
+    }
+    store.with_k3s_bundle(profile)
+}
+
 /// Hash of the running chbuild executable: a chbuild built from newer code
 /// with the same version number rebuilds what an older one built.
 fn build_id() -> Result<String> {
@@ -221,7 +240,7 @@ fn image_locked(
     mut public: Option<&mut Vec<SecretFile>>,
 ) -> Result<ImageReport> {
     // The k3s bundle's files come from the store, as the base does.
-    let profile = &store.with_k3s_bundle(profile)?;
+    let profile = &with_k3s_bundle(profile, store, nodes)?;
     let secrets = Secrets::load(profile)?;
     let base = store.ensure_base(&profile.base)?;
     let epoch = source_date_epoch(&base)?;
@@ -524,7 +543,7 @@ pub fn sd_image(
     layout: Option<&Path>,
     public: Option<&mut Vec<SecretFile>>,
 ) -> Result<(crate::disk::SdImage, bool)> {
-    let profile = &store.with_k3s_bundle(profile)?;
+    let profile = &with_k3s_bundle(profile, store, std::slice::from_ref(&node.to_string()))?;
     let (plan, base_spec, shared_extra) = if profile.controller.is_named(node) {
         let plan = profile.controller_sd_plan().ok_or_else(|| {
             UsageError(format!(

@@ -148,6 +148,9 @@ fn a_served_bundle_is_fetched_checked_and_baked() {
         assert_eq!(n["needs_network"], serde_json::json!([]), "{n}");
     }
     let out = t.path().join("out");
+    // A Zero runs no k3s: building it alone fetches nothing.
+    c.ok(&["image", "z1", "--output", out.to_str().unwrap()]);
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
     c.ok(&["image", "p5", "p1", "--output", out.to_str().unwrap()]);
     assert_eq!(hits.load(Ordering::SeqCst), 2, "each file fetched once");
     let mut stored = blobs(&c);
@@ -194,6 +197,7 @@ fn a_served_bundle_is_fetched_checked_and_baked() {
     }
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["nodes"].as_array().unwrap().len(), 3);
     for n in m["nodes"].as_array().unwrap() {
         assert_eq!(n["needs_network"], serde_json::json!([]), "{n}");
     }
