@@ -88,7 +88,7 @@ const NETWORKD_UNIT: &str = "systemd-networkd.service";
 /// route to the Zeros is added once it is reached).
 const NETWORKD_WAIT_UNIT: &str = "systemd-networkd-wait-online.service";
 
-/// The layer of a stack, and what its templates read as `roles.<layer>`.
+/// What the `lan_*` templates read as `roles.<layer>`.
 fn lan_values(plan: &NodePlan, lan: &LanPlan) -> serde_json::Value {
     // NetworkManager wants a UUID per connection; one derived from the
     // cluster, host and interface keeps rebuilds identical.
