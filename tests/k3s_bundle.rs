@@ -350,4 +350,78 @@ fn without_a_bundle_first_boot_fetches_exactly_the_pinned_release() {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["nodes"][0]["needs_network"], serde_json::json!(["k3s"]));
+
+    run_k3s_step(&fb, sum, t.path());
+}
+
+/// Run the script's k3s step against a scratch directory, with `curl`
+/// and `systemctl` stand-ins: a download with another sum is refused and
+/// removed; one with the pinned sum is installed and its unit started.
+fn run_k3s_step(script: &str, pinned: &str, scratch: &Path) {
+    let start = script.find("# k3s v").unwrap();
+    let end = script
+        .find("systemctl start --no-block k3s.service\n")
+        .unwrap();
+    let step = &script[start..end + "systemctl start --no-block k3s.service\n".len()];
+    let root = scratch.join("step");
+    let fake = root.join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    let payload = root.join("payload");
+    // curl -fsSL --retry 5 -o FILE URL: copy the payload to FILE, log URL.
+    let urls = root.join("curl.log");
+    std::fs::write(
+        fake.join("curl"),
+        format!(
+            "#!/bin/sh\necho \"$6\" >> {}\ncp {} \"$5\"\n",
+            urls.display(),
+            payload.display()
+        ),
+    )
+    .unwrap();
+    let log = root.join("systemctl.log");
+    std::fs::write(
+        fake.join("systemctl"),
+        format!("#!/bin/sh\necho \"$*\" >> {}\n", log.display()),
+    )
+    .unwrap();
+    for f in ["curl", "systemctl"] {
+        std::fs::set_permissions(fake.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let bin = root.join("usr/local/bin/k3s");
+    let run = |step: &str| {
+        let step = step.replace("/usr/local/bin/k3s", bin.to_str().unwrap());
+        std::process::Command::new("sh")
+            .arg("-eu")
+            .arg("-c")
+            .arg(step)
+            .env(
+                "PATH",
+                format!("{}:{}", fake.display(), std::env::var("PATH").unwrap()),
+            )
+            .output()
+            .unwrap()
+    };
+    std::fs::write(&payload, b"not the release").unwrap();
+    let o = run(step);
+    assert!(!o.status.success(), "a wrong binary was accepted");
+    assert!(
+        stderr(&o).contains("does not have the profile's sha256"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&urls).unwrap(),
+        "https://github.com/k3s-io/k3s/releases/download/v1.36.4%2Bk3s1/k3s-arm64\n"
+    );
+    assert!(!bin.exists() && !root.join("usr/local/bin/k3s.download").exists());
+    assert!(!log.exists(), "the unit was started without its binary");
+    // The same step, pinned to the payload's sum, installs it.
+    let o = run(&step.replace(pinned, &sha256(b"not the release")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&bin).unwrap(), b"not the release");
+    assert_eq!(mode(&bin), 0o755);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "start --no-block k3s.service\n"
+    );
 }
