@@ -262,6 +262,7 @@ impl NodePlan {
             .filter(|_| k3s_role.is_some())
             .and_then(|s| p.server_address(s, node.kind))
             .map(|a| format!("https://{a}:6443"));
+        let k3s_download = k3s_download(p).filter(|_| k3s_role.is_some());
         let nfs_role = match &f.nfs_server {
             Some(s) if s == &node.name => Some("server".to_string()),
             Some(_) => Some("client".to_string()),
@@ -325,7 +326,7 @@ impl NodePlan {
             docker,
             k3s_server_url,
             k3s_airgap: k3s_bundled(p) && k3s_role.is_some(),
-            k3s_download: k3s_download(p).filter(|_| k3s_role.is_some()),
+            k3s_download: k3s_download.clone(),
             k3s_role,
             nfs_server_address,
             nfs_export_path: f.nfs_export_path.clone(),
@@ -336,7 +337,19 @@ impl NodePlan {
                 network: p.zero_network.to_string(),
                 via: p.controller.lan_address,
             }),
-            packages: packages(p, node),
+            packages: {
+                let mut pk = packages(p, node);
+                // What the first-boot download of k3s runs, in the plan so
+                // the image has it (its layer installs the plan).
+                if k3s_download.is_some() {
+                    for tool in ["curl", "ca-certificates"] {
+                        if !pk.iter().any(|x| x == tool) {
+                            pk.push(tool.to_string());
+                        }
+                    }
+                }
+                pk
+            },
             overlays,
             vars: node.vars.clone(),
         }
@@ -649,6 +662,15 @@ mod tests {
         assert_eq!(p5.needs_network(), ["k3s"]);
         let z1 = NodePlan::new(&p, p.node("z1").unwrap());
         assert!(z1.k3s_download.is_none() && z1.needs_network().is_empty());
+        // What the download needs is in the plan, once.
+        let mut p = p;
+        p.packages_base.retain(|x| x != "curl");
+        let p5 = NodePlan::new(&p, p.node("p5").unwrap());
+        for tool in ["curl", "ca-certificates"] {
+            assert_eq!(p5.packages.iter().filter(|x| *x == tool).count(), 1);
+        }
+        let z1 = NodePlan::new(&p, p.node("z1").unwrap());
+        assert!(!z1.packages.iter().any(|x| x == "curl"));
     }
 
     #[test]

@@ -135,8 +135,7 @@ pub fn apply(
             let Some(d) = ctx.plan.k3s_download.clone() else {
                 bail!("k3s has neither an air-gap bundle nor a pinned release to download");
             };
-            pending.packages.push("curl".into());
-            pending.packages.push("ca-certificates".into());
+            // curl and ca-certificates are in the plan (NodePlan::new).
             pending.k3s = Some(PendingK3s {
                 download: d,
                 unit: name.to_string(),
