@@ -129,6 +129,12 @@ pub fn apply_lan(
     w: &mut TreeWriter,
 ) -> Result<Stack> {
     let stack = detect_stack(w);
+    tracing::debug!(
+        "{}: LAN interface {} ({}) for {stack:?}",
+        plan.name,
+        lan.interface,
+        if lan.dhcp { "dhcp" } else { "static" }
+    );
     let values = lan_values(plan, lan);
     match stack {
         Stack::NetworkManager => t.apply(w, "lan_nm", values)?,
