@@ -102,7 +102,35 @@ pub fn shared_inputs(profile: &Profile, overlays: &Overlays) -> Result<String> {
         h.update(b"k3s bundle");
         h.update(airgap_digest(dir)?.as_bytes());
     }
+    if let Some(b) = &profile.features.k3s_bundle {
+        // The store keeps them by these sums: they are their content.
+        h.update(b"k3s blobs");
+        for blob in [&b.binary, &b.images] {
+            h.update(blob.sha256.as_bytes());
+            h.update(blob.name.as_bytes());
+            h.update([0]);
+        }
+    }
     Ok(hex::encode(h.finalize()))
+}
+
+/// The profile with its k3s bundle in the store when one of `nodes` (or
+/// the controller, among them) runs k3s: building only other nodes needs
+/// neither the files nor the network to fetch them.
+fn with_k3s_bundle(profile: &Profile, store: &Store, nodes: &[String]) -> Result<Profile> {
+    let runs_k3s = |name: &String| {
+        if profile.controller.is_named(name) {
+            profile.controller_plan().k3s_role.is_some()
+        } else {
+            profile
+                .node(name)
+                .is_some_and(|n| profile.plan(n).k3s_role.is_some())
+        }
+    };
+    if profile.features.k3s_bundle.is_none() || !nodes.iter().any(runs_k3s) {
+        return Ok(profile.clone());
+    }
+    store.with_k3s_bundle(profile)
 }
 
 /// Hash of the running chbuild executable: a chbuild built from newer code
@@ -135,6 +163,28 @@ fn airgap_digest(dir: &Path) -> Result<String> {
     let d = hex::encode(h.finalize());
     cache.push((dir.to_path_buf(), d.clone()));
     Ok(d)
+}
+
+/// The base's os-release text (empty when it has none).
+fn os_release(base: &BaseTree) -> String {
+    // usr/lib first: etc/os-release is often a symlink, maybe absolute.
+    ["usr/lib/os-release", "etc/os-release"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(base.root.join(p)).ok())
+        .unwrap_or_default()
+}
+
+/// The plans of `names`, completed with what only the stored base tells.
+fn plans_on(profile: &Profile, base: &BaseTree, names: &[String]) -> Vec<NodePlan> {
+    let os = os_release(base);
+    names
+        .iter()
+        .map(|name| {
+            let mut plan = profile.plan(profile.node(name).expect("selection returns known nodes"));
+            plan.add_base_packages(&os);
+            plan
+        })
+        .collect()
 }
 
 /// Who asked for each of the plans' packages, for layer errors.
@@ -201,12 +251,15 @@ pub fn start_trees(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Resul
 /// of its nodes (and of the controller's card).
 pub fn store_keep(profile: &Profile, store: &Store) -> Result<Vec<String>> {
     let mut keep = vec![];
-    let mut add = |base: &crate::profile::Base, plans: Vec<NodePlan>| -> Result<()> {
+    let mut add = |base: &crate::profile::Base,
+                   plans_of: &dyn Fn(&BaseTree) -> Vec<NodePlan>|
+     -> Result<()> {
         let Some(d) = store.digest_of(base) else {
             return Ok(());
         };
         keep.push(d.clone());
         if let Some(tree) = store.stored(&d) {
+            let plans = plans_of(&tree);
             keep.extend(start_keys(store, &tree, &plans.iter().collect::<Vec<_>>())?);
             // The shared layer the nodes' layers were built on.
             let sets: Vec<Vec<String>> = plans
@@ -226,12 +279,16 @@ pub fn store_keep(profile: &Profile, store: &Store) -> Result<Vec<String>> {
         }
         Ok(())
     };
-    add(
-        &profile.base,
-        profile.nodes.iter().map(|n| profile.plan(n)).collect(),
-    )?;
-    if let (Some(b), Some(plan)) = (&profile.controller.base, profile.controller_sd_plan()) {
-        add(b, vec![plan])?;
+    let names: Vec<String> = profile.nodes.iter().map(|n| n.name.clone()).collect();
+    add(&profile.base, &|base| plans_on(profile, base, &names))?;
+    if let Some(b) = &profile.controller.base {
+        add(b, &|base| {
+            let mut plan = profile
+                .controller_sd_plan()
+                .expect("the controller has a base");
+            plan.add_base_packages(&os_release(base));
+            vec![plan]
+        })?;
     }
     keep.sort();
     keep.dedup();
@@ -322,6 +379,8 @@ fn image_locked(
     format: Format,
     mut public: Option<&mut Vec<SecretFile>>,
 ) -> Result<ImageReport> {
+    // The k3s bundle's files come from the store, as the base does.
+    let profile = &with_k3s_bundle(profile, store, nodes)?;
     let secrets = Secrets::load(profile)?;
     let base = store.ensure_base(&profile.base)?;
     let epoch = source_date_epoch(&base)?;
@@ -351,10 +410,7 @@ fn image_locked(
     // composing is mostly file-system metadata calls, which overlap well.
     let want_tar = format == Format::TarZst;
     let shared = shared_inputs(profile, &Overlays::builtin()?)?;
-    let plans: Vec<NodePlan> = nodes
-        .iter()
-        .map(|name| profile.plan(profile.node(name).expect("selection returns known nodes")))
-        .collect();
+    let plans = plans_on(profile, &base, nodes);
     let starts = start_keys(store, &base, &plans.iter().collect::<Vec<_>>())?;
     let mut todo: Vec<(NodePlan, String)> = vec![];
     for (plan, start) in plans.into_iter().zip(starts) {
@@ -513,6 +569,7 @@ fn build_node(
         files: files_in_tree,
         inputs: inputs.to_string(),
         files_extra: vec![],
+        needs_network: plan.needs_network(),
     };
     Ok((artifact, moves))
 }
@@ -633,7 +690,8 @@ pub fn sd_image(
     layout: Option<&Path>,
     public: Option<&mut Vec<SecretFile>>,
 ) -> Result<(crate::disk::SdImage, bool)> {
-    let (plan, base_spec, shared_extra) = if profile.controller.is_named(node) {
+    let profile = &with_k3s_bundle(profile, store, std::slice::from_ref(&node.to_string()))?;
+    let (mut plan, base_spec, shared_extra) = if profile.controller.is_named(node) {
         let plan = profile.controller_sd_plan().ok_or_else(|| {
             UsageError(format!(
                 "the profile {} gives the controller {} no base, so there is no card to build: \
@@ -657,7 +715,8 @@ pub fn sd_image(
         let n = profile.node(node).expect("selection returns known nodes");
         (profile.plan(n), profile.base.clone(), String::new())
     };
-    let node = plan.name.as_str();
+    let node = plan.name.clone();
+    let node = node.as_str();
     if plan.kind != crate::profile::NodeKind::Sd {
         return Err(UsageError(format!(
             "{node} is a usbboot Zero, booted over NFS by ClusterCTRL: it has no SD card image (use `chbuild image {node}` and `chbuild deploy {node}`)"
@@ -670,6 +729,7 @@ pub fn sd_image(
 
     let secrets = Secrets::load(profile)?;
     let base = store.ensure_base(&base_spec)?;
+    plan.add_base_packages(&os_release(&base));
     let epoch = source_date_epoch(&base)?;
     let start = start_keys(store, &base, &[&plan])?.remove(0);
     let inputs = format!(

@@ -502,3 +502,182 @@ fn duplicate_addresses_are_refused() {
         "172.16.2.200 is already used by the controller (lan_address)",
     );
 }
+
+#[test]
+fn bad_lan_settings_are_refused() {
+    assert_refused(
+        "lan_gateway = \"172.16.2.1\"",
+        "lan_gateway = \"10.0.0.1\"",
+        "lan_gateway",
+        "cluster.lan_gateway",
+        "10.0.0.1 is not a host of the LAN 172.16.2.0/24",
+    );
+    assert_refused(
+        "lan_gateway = \"172.16.2.1\"",
+        "lan_gateway = \"172.16.2.255\"",
+        "lan_gateway",
+        "cluster.lan_gateway",
+        "is not a host of the LAN",
+    );
+    assert_refused(
+        "lan_dns = [\"172.16.2.1\"]",
+        "lan_dns = [\"172.16.2.1\", \"dns.example\"]",
+        "lan_dns",
+        "cluster.lan_dns",
+        "`dns.example` is not an IPv4 address",
+    );
+    assert_refused(
+        "lan_dns = [\"172.16.2.1\"]",
+        "lan_dns = []",
+        "lan_dns",
+        "cluster.lan_dns",
+        "name at least one DNS server",
+    );
+    assert_refused(
+        "lan_interface = \"eth0\"",
+        "lan_interface = \"../eth0\"",
+        "lan_interface",
+        "cluster.lan_interface",
+        "is not a network interface name",
+    );
+    assert_refused(
+        "address = \"172.16.2.201\"",
+        "address = \"172.16.2.1\"",
+        "address = \"172.16.2.1\"",
+        "node p1: address",
+        "172.16.2.1 is already used by the LAN gateway",
+    );
+}
+
+#[test]
+fn dhcp_is_for_sd_nodes_that_serve_nothing() {
+    assert_refused(
+        "address = \"172.19.181.2\"",
+        "address = \"dhcp\"",
+        // The first is the profile's comment about DHCP.
+        "address = \"dhcp\"#2",
+        "node z2: address",
+        "a usbboot Zero cannot use `dhcp`",
+    );
+    // p5 serves k3s (checked first) and NFS: its clients need an address.
+    assert_refused(
+        "address = \"172.16.2.205\"",
+        "address = \"dhcp\"",
+        "k3s_server = \"p5\"",
+        "features.k3s_server",
+        "node `p5` takes its address by DHCP",
+    );
+
+    // A DHCP LAN Pi is fine: planned by name.
+    let dir = tempfile::tempdir().unwrap();
+    let p = variant(
+        dir.path(),
+        "address = \"172.16.2.204\"",
+        "address = \"dhcp\"",
+    );
+    let o = chbuild(&["check", "--profile", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("\np4 [sd] pi4 dhcp hostname=p4"), "{out}");
+    assert!(out.contains("  lan:       eth0 dhcp\n"), "{out}");
+    assert!(
+        out.contains("  lan:       eth0 172.16.2.205/24 gateway 172.16.2.1 dns 172.16.2.1\n"),
+        "{out}"
+    );
+    let o = chbuild(&["show", "p4", "--json", "--profile", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["address"], serde_json::Value::Null);
+    assert_eq!(v["lan"]["dhcp"], true);
+    assert_eq!(v["lan"]["interface"], "eth0");
+    assert!(v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| !h["names"].to_string().contains("\"p4\"")));
+    let o = chbuild(&["show", "p5", "--json", "--profile", p.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["lan"]["address"], "172.16.2.205");
+    assert_eq!(v["lan"]["gateway"], "172.16.2.1");
+    assert_eq!(v["lan"]["dns"], serde_json::json!(["172.16.2.1"]));
+}
+
+#[test]
+fn the_lan_defaults_are_the_networks_first_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(DEFAULT)
+        .unwrap()
+        .replacen("lan_gateway = \"172.16.2.1\"\n", "", 1)
+        .replacen("lan_dns = [\"172.16.2.1\"]\n", "", 1)
+        .replacen("lan_interface = \"eth0\"\n", "", 1);
+    assert!(!text.contains("lan_gateway"));
+    let p = dir.path().join("defaults.toml");
+    std::fs::write(&p, text).unwrap();
+    let o = chbuild(&["show", "p1", "--json", "--profile", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["lan"]["gateway"], "172.16.2.1");
+    assert_eq!(v["lan"]["dns"], serde_json::json!(["172.16.2.1"]));
+    assert_eq!(v["lan"]["interface"], "eth0");
+    assert_eq!(v["lan"]["prefix"], 24);
+}
+
+#[test]
+fn k3s_is_pinned_or_bundled() {
+    assert_refused(
+        "k3s_sha256 = \"c920706346d5ad4e5cd3c7bf1bb09ce71ebe07fec829e513e40f1caf98aed8bb\"\n",
+        "",
+        "k3s_version",
+        "features.k3s_sha256",
+        "k3s without an air-gap bundle needs `k3s_sha256`",
+    );
+    assert_refused(
+        "k3s_version = \"v1.36.4+k3s1\"\n",
+        "",
+        "k3s_server",
+        "features.k3s_version",
+        "k3s without an air-gap bundle needs `k3s_version`",
+    );
+    assert_refused(
+        "k3s_version = \"v1.36.4+k3s1\"",
+        "k3s_version = \"latest\"",
+        "k3s_version",
+        "features.k3s_version",
+        "`latest` is not a k3s release tag",
+    );
+    assert_refused(
+        "k3s_sha256 = \"c920706346d5ad4e5cd3c7bf1bb09ce71ebe07fec829e513e40f1caf98aed8bb\"",
+        "k3s_sha256 = \"c9207063\"",
+        "k3s_sha256",
+        "features.k3s_sha256",
+        "is not a sha256",
+    );
+    assert_refused(
+        "k3s_server = \"p5\"\n",
+        "k3s_server = \"p5\"\nk3s_binary = \"bundle/k3s\"\n",
+        "k3s_binary",
+        "features.k3s_images",
+        "`k3s_binary` needs `k3s_images`",
+    );
+    assert_refused(
+        "k3s_server = \"p5\"\n",
+        "k3s_server = \"p5\"\nk3s_binary = \"bundle/k3s\"\nk3s_binary_sha256 = \"c920706346d5ad4e5cd3c7bf1bb09ce71ebe07fec829e513e40f1caf98aed8bb\"\nk3s_images = \"ftp://x/i.tar\"\n",
+        "k3s_images",
+        "features.k3s_images",
+        "expected a local path or an http:// or https:// URL",
+    );
+    assert_refused(
+        "k3s_server = \"p5\"\n",
+        "k3s_server = \"p5\"\nk3s_binary = \"bundle/k3s\"\nk3s_binary_sha256 = \"c920706346d5ad4e5cd3c7bf1bb09ce71ebe07fec829e513e40f1caf98aed8bb\"\nk3s_images = \"bundle/images.tgz\"\nk3s_images_sha256 = \"c920706346d5ad4e5cd3c7bf1bb09ce71ebe07fec829e513e40f1caf98aed8bb\"\n",
+        "k3s_images =",
+        "features.k3s_images",
+        "`images.tgz` is not a name k3s imports images from",
+    );
+    assert_refused(
+        "k3s_server = \"p5\"\n",
+        "k3s_server = \"p5\"\nk3s_binary = \"bundle/k3s\"\nk3s_images = \"bundle/i.tar\"\nk3s_images_sha256 = \"c920706346d5ad4e5cd3c7bf1bb09ce71ebe07fec829e513e40f1caf98aed8bb\"\n",
+        "k3s_binary",
+        "features.k3s_binary_sha256",
+        "`features.k3s_binary` needs `k3s_binary_sha256`",
+    );
+}

@@ -122,7 +122,7 @@ fn reference_layout_imports_with_every_variable_accounted_for() {
     assert_eq!(imported.features.k3s_server.as_deref(), Some("p5"));
     assert_eq!(
         imported.features.k3s_version.as_deref(),
-        Some("v1.30.4+k3s1")
+        Some("v1.36.4+k3s1")
     );
     assert!(matches!(
         imported.base.source,

@@ -614,6 +614,7 @@ fn output_dir(dir: &Path) -> Manifest {
             files: 1,
             inputs: "0".repeat(64),
             files_extra: vec![],
+            needs_network: vec![],
         });
     }
     let m = Manifest {

@@ -243,7 +243,7 @@ fn ssh_keys_drop_in_and_known_hosts() {
         assert_eq!((mode(&m), m.uid()), (0o600, 0));
         assert_eq!(b.read(node, "etc/ssh/ssh_host_ed25519_key.pub"), key.public);
         let blob = key.public.split_whitespace().nth(1).unwrap();
-        let addr = b.profile.node(node).unwrap().address;
+        let addr = b.profile.node(node).unwrap().address.unwrap();
         assert!(
             b.known_hosts
                 .contains(&format!("{node},{addr} ssh-ed25519 {blob}\n")),

@@ -43,6 +43,10 @@ pub struct NodeArtifact {
     /// Further files of this node (SD image, its bmap, compressed copies).
     #[serde(default)]
     pub files_extra: Vec<ArtifactFile>,
+    /// What the node needs the network for at first boot (`k3s`: its
+    /// binary is downloaded there, there was no air-gap bundle).
+    #[serde(default)]
+    pub needs_network: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -432,6 +436,7 @@ mod tests {
                 files: 1,
                 inputs: "i".into(),
                 files_extra: vec![ArtifactFile::of(d, "p5.img.zst").unwrap()],
+                needs_network: vec![],
             }],
         };
         m.save(d).unwrap();

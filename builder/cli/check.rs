@@ -45,6 +45,7 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
                 "address": pl.address,
                 "groups": pl.groups,
                 "features": features(pl),
+                "needs_network": pl.needs_network(),
                 "overlays": pl.overlays,
                 "packages": pl.packages,
                 "firstboot_installs": pl.firstboot_packages,
@@ -85,11 +86,29 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
             pl.name,
             serde_json::to_value(pl.kind)?.as_str().unwrap_or(""),
             pl.model,
-            pl.address,
+            pl.address
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "dhcp".into()),
             pl.hostname,
             pl.groups.join(",")
         )?;
         writeln!(o, "  features:  {}", features(pl).join(", "))?;
+        if let Some(l) = &pl.lan {
+            let how = match l.address {
+                Some(a) => format!(
+                    "{a}/{} gateway {} dns {}",
+                    l.prefix,
+                    l.gateway,
+                    l.dns
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+                None => "dhcp".into(),
+            };
+            writeln!(o, "  lan:       {} {how}", l.interface)?;
+        }
         let overlays = if pl.overlays.is_empty() {
             "(none exist)".to_string()
         } else {
@@ -102,6 +121,13 @@ pub fn check(cli: &Cli, nodes: &[String]) -> Result<()> {
             pl.packages.join(" ")
         )?;
         writeln!(o, "  firstboot: {}", firstboot(pl))?;
+        if let Some(d) = &pl.k3s_download {
+            writeln!(
+                o,
+                "  network:   first boot downloads k3s {} (sha256 {}): no air-gap bundle",
+                d.version, d.sha256
+            )?;
+        }
         writeln!(o, "  artifacts: {}", artifacts(pl).join(", "))?;
     }
     Ok(())

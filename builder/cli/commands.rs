@@ -218,13 +218,22 @@ fn store_verb(cli: &Cli, verb: &StoreVerb) -> Result<()> {
             }
         }
         StoreVerb::Gc { all } => {
-            let keep = if *all {
-                vec![]
+            let (keep, keep_blobs) = if *all {
+                (vec![], vec![])
             } else {
                 let p = load(cli)?;
-                crate::pipeline::store_keep(&p, &st)?
+                let blobs = p
+                    .features
+                    .k3s_bundle
+                    .iter()
+                    .flat_map(|b| [b.binary.sha256.clone(), b.images.sha256.clone()])
+                    .collect();
+                (crate::pipeline::store_keep(&p, &st)?, blobs)
             };
             for d in st.gc(&keep)? {
+                tracing::info!("removed {d}");
+            }
+            for d in st.gc_blobs(&keep_blobs)? {
                 tracing::info!("removed {d}");
             }
         }

@@ -49,6 +49,7 @@ pub fn deploy(cli: &Cli, p: &Profile, args: &DeployArgs) -> Result<()> {
         diff: args.diff,
         overlays: crate::overlay::Overlays::builtin()?,
     };
+    let p = &with_k3s_bundle(cli, p)?;
     let report = crate::deploy::controller::deploy(p, &opts)?;
     if cli.global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -107,11 +108,21 @@ pub fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<()> {
     Ok(())
 }
 
+/// The profile with its k3s bundle in the store, when the controller
+/// runs k3s from one (the store is opened only then).
+fn with_k3s_bundle(cli: &Cli, p: &Profile) -> Result<Profile> {
+    if p.features.k3s_bundle.is_none() || p.controller_plan().k3s_role.is_none() {
+        return Ok(p.clone());
+    }
+    super::commands::store(cli)?.with_k3s_bundle(p)
+}
+
 pub fn image(cli: &Cli, p: &Profile, args: &ImageArgs) -> Result<()> {
     let out = args
         .output
         .clone()
         .unwrap_or_else(|| crate::artifact::default_output_dir(p));
+    let p = &with_k3s_bundle(cli, p)?;
     let report = crate::artifact::controller::image(p, &out, args.format.into())?;
     if cli.global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

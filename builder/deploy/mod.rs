@@ -358,7 +358,8 @@ impl Job<'_> {
             if !args.no_wait {
                 s.push(format!(
                     "wait up to {} s for SSH on {}:22",
-                    args.wait_for_ssh, self.plan.address
+                    args.wait_for_ssh,
+                    self.plan.reach()
                 ));
             }
         }
@@ -755,7 +756,11 @@ fn deploy_node(d: &NfsDir, j: &Job, args: &DeployOptions, nfs_server: &str) -> R
 }
 
 fn wait_for_ssh(plan: &NodePlan, secs: u64) -> Result<()> {
-    let addr = std::net::SocketAddr::from((plan.address, 22));
+    // Deployed nodes are Zeros, which never use DHCP.
+    let ip = plan
+        .address
+        .with_context(|| format!("{} has no static address to wait on", plan.name))?;
+    let addr = std::net::SocketAddr::from((ip, 22));
     let deadline = Instant::now() + Duration::from_secs(secs);
     tracing::info!("{}: waiting up to {secs} s for SSH on {addr}", plan.name);
     loop {

@@ -72,6 +72,22 @@ pub fn profile_text(st: &Settings, inventory: &Path, group_vars: &Path) -> Resul
     writeln!(p, "\n[features]")?;
     for (key, v) in &st.features {
         writeln!(p, "{key} = {v}")?;
+        if *key == "k3s_version" {
+            // First boot installs exactly this release, checked: the sum
+            // comes from chbuild's verified pins or from the user.
+            let version = v.as_str().unwrap_or_default();
+            match crate::profile::plan::known_k3s_sha256(version, b.architecture) {
+                Some(sum) => writeln!(p, "k3s_sha256 = {}", s(sum))?,
+                None => writeln!(
+                    p,
+                    "# chbuild knows no sha256 for k3s {version}: copy the line of the binary for\n\
+                     # {} from the release's sha256sum-{}.txt, or give an air-gap bundle.\n\
+                     # k3s_sha256 = \"<64 hex digits>\"",
+                    b.architecture,
+                    b.architecture
+                )?,
+            }
+        }
     }
 
     writeln!(p, "\n[packages]\nbase = {}", list(&st.packages_base))?;

@@ -19,7 +19,8 @@ pub struct SshHost {
     /// The node's inventory name first, then its host name (when
     /// different): `ssh z1` and `ssh <hostname>` both match.
     pub patterns: Vec<String>,
-    pub address: Ipv4Addr,
+    /// `HostName`: the address, or the host name of a DHCP node.
+    pub address: String,
     pub user: String,
     /// The `Host` to jump through (the controller, for the Zeros seen from
     /// the LAN).
@@ -180,7 +181,7 @@ fn host_blocks(p: &Profile, from_lan: bool) -> Vec<SshHost> {
             patterns: std::iter::once(c.hostname.clone())
                 .chain(c.aliases.iter().cloned())
                 .collect(),
-            address: c.lan_address,
+            address: c.lan_address.to_string(),
             user: p.user.name.clone(),
             proxy_jump: None,
             cluster_key: false,
@@ -193,9 +194,10 @@ fn host_blocks(p: &Profile, from_lan: bool) -> Vec<SshHost> {
         }
         out.push(SshHost {
             patterns,
-            address: n.address,
+            address: n.reach(),
             user: p.user.name.clone(),
-            proxy_jump: (from_lan && !p.lan_network.contains(&n.address))
+            // A DHCP node is on the LAN (only SD nodes may use DHCP).
+            proxy_jump: (from_lan && n.address.is_some_and(|a| !p.lan_network.contains(&a)))
                 .then(|| c.hostname.clone()),
             cluster_key: true,
         });
@@ -222,7 +224,7 @@ impl Profile {
             name: c.hostname.clone(),
             kind: NodeKind::Sd,
             model: c.model,
-            address: c.lan_address,
+            address: Some(c.lan_address),
             hostname: c.hostname.clone(),
             slot: None,
             groups: BTreeSet::new(),
@@ -239,11 +241,15 @@ impl Profile {
         plan.munge = cp.munge;
         plan.slurm = cp.slurm;
         plan.zero_route = None;
+        // ClusterCTRL's image configures its own interfaces (the Zeros'
+        // bridge and NAT on top of the LAN): chbuild leaves them alone.
+        plan.lan = None;
         plan.nfs_role = None;
         plan.nfs_server_address = None;
         plan.k3s_role = None;
         plan.k3s_server_url = None;
         plan.k3s_airgap = false;
+        plan.k3s_download = None;
         plan.docker = false;
         // Baked into the card like a node's packages, from the roles it
         // has after the changes above.

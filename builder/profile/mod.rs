@@ -165,10 +165,59 @@ pub struct Features {
     pub k3s: bool,
     pub k3s_server: Option<String>,
     pub k3s_airgap_dir: Option<PathBuf>,
+    /// `k3s_binary` and `k3s_images`.
+    pub k3s_bundle: Option<K3sBundle>,
     pub k3s_version: Option<String>,
+    /// sha256 of the release binary first boot downloads (lowercase hex).
+    pub k3s_sha256: Option<String>,
     pub nfs_server: Option<String>,
     pub nfs_export_path: String,
     pub nfs_mount_point: String,
+}
+
+/// A k3s air-gap bundle given file by file.
+#[derive(Debug, Clone, Serialize)]
+pub struct K3sBundle {
+    pub binary: Blob,
+    pub images: Blob,
+}
+
+/// One file the store keeps by its sha256 (`builder/store/blob.rs`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Blob {
+    /// The profile key naming it, for messages.
+    pub key: String,
+    pub source: BlobSource,
+    /// Lowercase hex.
+    pub sha256: String,
+    /// Its file name (the last part of the path or URL).
+    pub name: String,
+    /// Where the store holds it, once ingested (`Store::with_k3s_bundle`).
+    pub stored: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobSource {
+    Path(PathBuf),
+    Url(String),
+}
+
+impl fmt::Display for BlobSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlobSource::Path(p) => write!(f, "{}", p.display()),
+            BlobSource::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+/// The SD-booted Pis' LAN settings (`[cluster] lan_*`), defaults applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lan {
+    pub gateway: Ipv4Addr,
+    pub dns: Vec<Ipv4Addr>,
+    pub interface: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -185,7 +234,8 @@ pub struct Node {
     pub name: String,
     pub kind: NodeKind,
     pub model: Model,
-    pub address: Ipv4Addr,
+    /// `None`: the node takes its LAN address by DHCP (SD nodes only).
+    pub address: Option<Ipv4Addr>,
     pub hostname: String,
     /// ClusterCTRL slot N (`/var/lib/clusterctrl/nfs/pN`), Zeros only.
     pub slot: Option<u8>,
@@ -198,6 +248,16 @@ pub struct Node {
     pub vars: BTreeMap<String, toml::Value>,
 }
 
+impl Node {
+    /// What reaches the node: its address, or its host name when it takes
+    /// its address by DHCP.
+    pub fn reach(&self) -> String {
+        self.address
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| self.hostname.clone())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Profile {
     pub file: PathBuf,
@@ -205,6 +265,7 @@ pub struct Profile {
     pub lan_network: Ipv4Net,
     pub zero_network: Ipv4Net,
     pub nfs_network: Ipv4Net,
+    pub lan: Lan,
     pub timezone: String,
     pub domain: Option<String>,
     pub controller: Controller,

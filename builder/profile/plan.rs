@@ -3,7 +3,7 @@
 //! runs exactly this plan, so `chbuild check` is a free dry run.
 
 use super::model::{Arch, Model};
-use super::{Controller, Node, NodeKind, Profile, User};
+use super::{BaseSource, Controller, Node, NodeKind, Profile, User};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -50,7 +50,8 @@ pub struct UsbbootPlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct SlurmNode {
     pub name: String,
-    pub address: Ipv4Addr,
+    /// Slurm's `NodeAddr`: the address, or the host name of a DHCP node.
+    pub address: String,
     pub cpus: u32,
     pub memory_mb: u32,
 }
@@ -82,7 +83,7 @@ pub fn slurm_layout(p: &Profile) -> (Vec<SlurmNode>, Vec<SlurmPartition>) {
     if c.slurm_compute {
         nodes.push(SlurmNode {
             name: c.hostname.clone(),
-            address: c.lan_address,
+            address: c.lan_address.to_string(),
             cpus: c.cpus,
             memory_mb: c.memory_mb,
         });
@@ -93,7 +94,7 @@ pub fn slurm_layout(p: &Profile) -> (Vec<SlurmNode>, Vec<SlurmPartition>) {
             .filter(|n| slurm_compute(p, n))
             .map(|n| SlurmNode {
                 name: n.hostname.clone(),
-                address: n.address,
+                address: n.reach(),
                 cpus: n.cpus,
                 memory_mb: n.memory_mb,
             }),
@@ -138,8 +139,11 @@ pub struct NodePlan {
     pub architecture: Arch,
     pub cpus: u32,
     pub memory_mb: u32,
-    pub address: Ipv4Addr,
+    /// `None`: the LAN address comes from DHCP.
+    pub address: Option<Ipv4Addr>,
     pub netmask_bits: u8,
+    /// The LAN interface of an SD node, as the network role writes it.
+    pub lan: Option<LanPlan>,
     pub groups: Vec<String>,
     pub boot_dir: String,
     pub timezone: String,
@@ -158,7 +162,10 @@ pub struct NodePlan {
     /// `server`, `agent`, or none.
     pub k3s_role: Option<String>,
     pub k3s_server_url: Option<String>,
+    /// The binary comes from an air-gap bundle, baked in.
     pub k3s_airgap: bool,
+    /// Without a bundle: the pinned release binary first boot downloads.
+    pub k3s_download: Option<K3sDownload>,
     /// `server`, `client`, or none.
     pub nfs_role: Option<String>,
     pub nfs_server_address: Option<Ipv4Addr>,
@@ -179,6 +186,71 @@ pub struct NodePlan {
     pub vars: BTreeMap<String, toml::Value>,
 }
 
+/// An SD node's LAN interface: DHCP, or the static address with the
+/// LAN's prefix, gateway and DNS servers.
+#[derive(Debug, Clone, Serialize)]
+pub struct LanPlan {
+    pub interface: String,
+    pub dhcp: bool,
+    pub address: Option<Ipv4Addr>,
+    pub prefix: u8,
+    pub netmask: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// The one k3s binary a node's first boot may download.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct K3sDownload {
+    pub version: String,
+    pub url: String,
+    pub sha256: String,
+}
+
+/// k3s release binaries whose sha256 chbuild knows, as their releases'
+/// `sha256sum-<arch>.txt` list them (the same sums vendored by several
+/// independent projects): `import-ansible` pins an inventory's version
+/// with them.
+const KNOWN_K3S: [(&str, &str, &str); 2] = [
+    (
+        "v1.36.4+k3s1",
+        "arm64",
+        "c920706346d5ad4e5cd3c7bf1bb09ce71ebe07fec829e513e40f1caf98aed8bb",
+    ),
+    (
+        "v1.36.3+k3s1",
+        "arm64",
+        "c9a209103f480f163b7c6a56f00862b4481927b284dc29a3716bb70d886691a8",
+    ),
+];
+
+/// The known sha256 of a release's binary for `arch` (`arm64`, `armhf`).
+pub fn known_k3s_sha256(version: &str, arch: &str) -> Option<&'static str> {
+    KNOWN_K3S
+        .iter()
+        .find(|(v, a, _)| *v == version && *a == arch)
+        .map(|(_, _, sum)| *sum)
+}
+
+/// Where k3s publishes its release binaries.
+pub const K3S_RELEASES: &str = "https://github.com/k3s-io/k3s/releases/download";
+
+impl K3sDownload {
+    /// The release binary for `arch`, `+` in the tag escaped as GitHub's
+    /// download URLs need.
+    pub fn new(version: &str, sha256: &str, arch: Arch) -> K3sDownload {
+        let file = match arch {
+            Arch::Arm64 => "k3s-arm64",
+            Arch::Armhf => "k3s-armhf",
+        };
+        K3sDownload {
+            version: version.to_string(),
+            url: format!("{K3S_RELEASES}/{}/{file}", version.replace('+', "%2B")),
+            sha256: sha256.to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RoutePlan {
     pub network: String,
@@ -197,6 +269,7 @@ impl NodePlan {
             .filter(|_| k3s_role.is_some())
             .and_then(|s| p.server_address(s, node.kind))
             .map(|a| format!("https://{a}:6443"));
+        let k3s_download = k3s_download(p).filter(|_| k3s_role.is_some());
         let nfs_role = match &f.nfs_server {
             Some(s) if s == &node.name => Some("server".to_string()),
             Some(_) => Some("client".to_string()),
@@ -235,6 +308,15 @@ impl NodePlan {
             } else {
                 p.lan_network.prefix_len()
             },
+            lan: (!is_zero).then(|| LanPlan {
+                interface: p.lan.interface.clone(),
+                dhcp: node.address.is_none(),
+                address: node.address,
+                prefix: p.lan_network.prefix_len(),
+                netmask: p.lan_network.netmask(),
+                gateway: p.lan.gateway,
+                dns: p.lan.dns.clone(),
+            }),
             groups: node.groups.iter().cloned().collect(),
             boot_dir: p.base.boot_dir.clone(),
             timezone: p.timezone.clone(),
@@ -250,7 +332,8 @@ impl NodePlan {
             slurm_pi_nodes: slurm_hostnames(p, NodeKind::Sd),
             docker,
             k3s_server_url,
-            k3s_airgap: p.features.k3s_airgap_dir.is_some() && k3s_role.is_some(),
+            k3s_airgap: k3s_bundled(p) && k3s_role.is_some(),
+            k3s_download: k3s_download.clone(),
             k3s_role,
             nfs_server_address,
             nfs_export_path: f.nfs_export_path.clone(),
@@ -269,6 +352,25 @@ impl NodePlan {
         };
         add_packages(&mut plan, p, node);
         plan
+    }
+}
+
+impl NodePlan {
+    /// What the node needs the network for at first boot (today: `k3s`,
+    /// when its binary is downloaded there).
+    pub fn needs_network(&self) -> Vec<String> {
+        let mut v = vec![];
+        if self.k3s_download.is_some() {
+            v.push("k3s".to_string());
+        }
+        v
+    }
+
+    /// What reaches the node: its address, or the host name of a DHCP node.
+    pub fn reach(&self) -> String {
+        self.address
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| self.hostname.clone())
     }
 }
 
@@ -322,6 +424,25 @@ fn k3s_role(p: &Profile, node: &Node) -> Option<String> {
     }
 }
 
+/// Whether an air-gap bundle brings the k3s binary.
+pub fn k3s_bundled(p: &Profile) -> bool {
+    p.features.k3s_airgap_dir.is_some() || p.features.k3s_bundle.is_some()
+}
+
+/// The pinned binary first boot downloads when no bundle brings one.
+pub fn k3s_download(p: &Profile) -> Option<K3sDownload> {
+    let f = &p.features;
+    if !f.k3s || k3s_bundled(p) {
+        return None;
+    }
+    // Parsing requires both when k3s is on without a bundle.
+    Some(K3sDownload::new(
+        f.k3s_version.as_deref()?,
+        f.k3s_sha256.as_deref()?,
+        p.base.architecture,
+    ))
+}
+
 fn slurm_compute(p: &Profile, n: &Node) -> bool {
     is_slurm_compute(p.features.slurm, p.features.slurm_include_picluster, n)
 }
@@ -355,7 +476,8 @@ fn hosts(p: &Profile, is_zero: bool) -> Vec<HostEntry> {
 }
 
 /// /etc/hosts: the controller at the address the reader reaches it on,
-/// then every node, fully qualified first when the cluster has a domain.
+/// then every node with a static address (a DHCP node is found through
+/// the LAN's DNS), fully qualified first when the cluster has a domain.
 pub fn cluster_hosts(p: &Profile, controller_address: Ipv4Addr) -> Vec<HostEntry> {
     let mut hosts = vec![HostEntry {
         address: controller_address,
@@ -364,14 +486,12 @@ pub fn cluster_hosts(p: &Profile, controller_address: Ipv4Addr) -> Vec<HostEntry
             .collect(),
     }];
     for n in &p.nodes {
+        let Some(address) = n.address else { continue };
         let mut names = vec![n.hostname.clone()];
         if n.name != n.hostname {
             names.push(n.name.clone());
         }
-        hosts.push(HostEntry {
-            address: n.address,
-            names,
-        });
+        hosts.push(HostEntry { address, names });
     }
     if let Some(d) = &p.domain {
         for h in &mut hosts {
@@ -417,7 +537,7 @@ impl NodePlan {
             Some("client") => out.push(("role nfs (client)", vec!["nfs-common"])),
             _ => {}
         }
-        if self.k3s_role.is_some() && !self.k3s_airgap {
+        if self.k3s_download.is_some() {
             // First boot fetches the pinned k3s release with them.
             out.push(("role k3s", vec!["curl", "ca-certificates"]));
         }
@@ -440,6 +560,60 @@ pub(super) fn add_packages(plan: &mut NodePlan, p: &Profile, node: &Node) {
     );
     for (origin, list) in plan.role_packages() {
         plan.add_packages(origin, &list);
+    }
+    // The shell role's `ll`/`la`/`lt` use eza or exa when installed; a
+    // profile naming either itself keeps its choice. (An archive base's
+    // suite is read from its tree when it is stored: see
+    // `pipeline::add_base_packages`.)
+    if !plan.packages.iter().any(|x| x == "exa" || x == "eza") {
+        if let Some(tool) = ls_package(&p.base.source) {
+            plan.add_packages("role shell (ll, la, lt)", &[tool]);
+        }
+    }
+}
+
+/// The package of the modern `ls` the shell aliases prefer, for a Debian
+/// base: `exa` up to bookworm (which has no eza), `eza` from trixie on
+/// (exa was dropped for it). Other bases (archives) name it in
+/// `packages.base` themselves: their suite is not known from the profile.
+pub fn ls_package(base: &BaseSource) -> Option<&'static str> {
+    let BaseSource::Debian(r) = base else {
+        return None;
+    };
+    Some(ls_package_for_suite(&r.suite))
+}
+
+/// `exa` up to bookworm, `eza` after.
+pub fn ls_package_for_suite(suite: &str) -> &'static str {
+    match suite {
+        "buster" | "bullseye" | "bookworm" | "oldoldstable" | "oldstable" => "exa",
+        _ => "eza",
+    }
+}
+
+impl NodePlan {
+    /// What only the stored base can tell: for a base whose suite the
+    /// profile does not name (an archive: Raspberry Pi OS, ClusterCTRL's
+    /// image), the `ls` of the shell aliases, by the suite its os-release
+    /// names. `os_release` is the text of the base's os-release.
+    pub fn add_base_packages(&mut self, os_release: &str) {
+        if self.packages.iter().any(|x| x == "exa" || x == "eza") {
+            return;
+        }
+        let field = |k: &str| {
+            os_release.lines().find_map(|l| {
+                l.strip_prefix(k)
+                    .and_then(|v| v.strip_prefix('='))
+                    .map(|v| v.trim().trim_matches('"').to_string())
+            })
+        };
+        let debian_like = field("ID").as_deref() == Some("debian")
+            || field("ID_LIKE").is_some_and(|v| v.split_whitespace().any(|x| x == "debian"));
+        if let (true, Some(suite)) = (debian_like, field("VERSION_CODENAME")) {
+            if !suite.is_empty() {
+                self.add_packages("role shell (ll, la, lt)", &[ls_package_for_suite(&suite)]);
+            }
+        }
     }
 }
 
@@ -498,6 +672,83 @@ impl Profile {
                 NodeKind::Sd => self.controller.lan_address,
             });
         }
-        self.node(server).map(|n| n.address)
+        // A DHCP node is refused as a server when the profile is parsed.
+        self.node(server).and_then(|n| n.address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn profile() -> Profile {
+        crate::profile::load_profile(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/profiles/clusterhat.toml"
+        )))
+        .unwrap()
+    }
+
+    fn set_suite(p: &mut Profile, suite: &str) {
+        let BaseSource::Debian(r) = &mut p.base.source else {
+            panic!("the default profile has a Debian base");
+        };
+        r.suite = suite.into();
+    }
+
+    #[test]
+    fn exa_on_bookworm_eza_later_once() {
+        let mut p = profile();
+        let z1 = p.node("z1").unwrap().clone();
+        let pk = NodePlan::new(&p, &z1).packages;
+        assert!(pk.contains(&"exa".to_string()), "{pk:?}");
+        assert!(!pk.contains(&"eza".to_string()), "{pk:?}");
+        set_suite(&mut p, "trixie");
+        let pk = NodePlan::new(&p, &z1).packages;
+        assert!(pk.contains(&"eza".to_string()) && !pk.contains(&"exa".to_string()));
+        // A profile's own choice is kept, and nothing is added twice.
+        p.packages_base.push("exa".into());
+        let pk = NodePlan::new(&p, &z1).packages;
+        assert_eq!(pk.iter().filter(|x| *x == "exa").count(), 1);
+        assert!(!pk.contains(&"eza".to_string()));
+    }
+
+    #[test]
+    fn k3s_download_url_is_the_pinned_release_binary() {
+        let d = K3sDownload::new("v1.36.4+k3s1", "ab", Arch::Arm64);
+        assert_eq!(
+            d.url,
+            "https://github.com/k3s-io/k3s/releases/download/v1.36.4%2Bk3s1/k3s-arm64"
+        );
+        assert!(K3sDownload::new("v1.36.4+k3s1", "ab", Arch::Armhf)
+            .url
+            .ends_with("/k3s-armhf"));
+        let p = profile();
+        let p5 = NodePlan::new(&p, p.node("p5").unwrap());
+        assert_eq!(p5.needs_network(), ["k3s"]);
+        let z1 = NodePlan::new(&p, p.node("z1").unwrap());
+        assert!(z1.k3s_download.is_none() && z1.needs_network().is_empty());
+        // What the download needs is in the plan, once.
+        let mut p = p;
+        p.packages_base.retain(|x| x != "curl");
+        let p5 = NodePlan::new(&p, p.node("p5").unwrap());
+        for tool in ["curl", "ca-certificates"] {
+            assert_eq!(p5.packages.iter().filter(|x| *x == tool).count(), 1);
+        }
+        let z1 = NodePlan::new(&p, p.node("z1").unwrap());
+        assert!(!z1.packages.iter().any(|x| x == "curl"));
+    }
+
+    #[test]
+    fn no_guess_for_an_archive_base() {
+        let mut p = profile();
+        p.base.source = BaseSource::Archive {
+            path: "base.tar".into(),
+            checksum: None,
+        };
+        let z1 = p.node("z1").unwrap().clone();
+        let pk = NodePlan::new(&p, &z1).packages;
+        assert!(!pk.iter().any(|x| x == "exa" || x == "eza"), "{pk:?}");
     }
 }

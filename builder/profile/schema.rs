@@ -65,6 +65,27 @@ pub struct RawCluster {
     /// DNS domain appended to node names in /etc/hosts (optional).
     #[serde(default)]
     pub domain: Option<String>,
+    /// Default gateway of the SD-booted Pis with a static address, an
+    /// address in `lan_network`. Default: the network's first host (e.g.
+    /// 172.16.2.1 in 172.16.2.0/24), where most LANs have their router;
+    /// the controller is not the default, as it routes only the Zeros'
+    /// networks.
+    pub lan_gateway: Option<Spanned<String>>,
+    /// DNS servers (IPv4, in order of preference) of the SD-booted Pis
+    /// with a static address. Default: the gateway. DHCP nodes use the
+    /// ones their DHCP server gives.
+    pub lan_dns: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The SD-booted Pis' LAN interface, configured for the network stack
+    /// the base uses (NetworkManager, ifupdown or systemd-networkd).
+    /// Default `eth0`: the Pi kernels' command line (`net.ifnames=0`, as
+    /// Raspberry Pi OS and Debian's raspi-firmware write it) keeps that
+    /// name.
+    #[serde(default = "default_lan_interface")]
+    pub lan_interface: Spanned<String>,
+}
+
+fn default_lan_interface() -> Spanned<String> {
+    Spanned::new(0..0, "eth0".into())
 }
 
 fn default_timezone() -> String {
@@ -230,12 +251,34 @@ pub struct RawFeatures {
     pub k3s: bool,
     /// Node (or the controller) running the k3s server.
     pub k3s_server: Option<Spanned<String>>,
-    /// Optional k3s air-gap bundle: directory holding `k3s` and
-    /// `k3s-airgap-images-<arch>.tar[.zst]`, relative to the profile.
+    /// Optional k3s air-gap bundle as a directory holding `k3s` and
+    /// `k3s-airgap-images-<arch>.tar[.zst]`, relative to the profile (or
+    /// use `k3s_binary` and `k3s_images`).
     pub k3s_airgap_dir: Option<Spanned<String>>,
-    /// k3s release that first boot installs without an air-gap bundle
-    /// (`v1.30.4+k3s1`; default: the current stable release).
-    pub k3s_version: Option<String>,
+    /// The k3s release (`v1.36.4+k3s1`). Required with `k3s` unless an
+    /// air-gap bundle brings the binary: each k3s node's first-boot unit
+    /// then downloads exactly this release's binary from GitHub and checks
+    /// it against `k3s_sha256` before installing it. No install script is
+    /// ever run.
+    pub k3s_version: Option<Spanned<String>>,
+    /// sha256 of the release's binary for the base's architecture
+    /// (`k3s-arm64` or `k3s-armhf`, as in the release's
+    /// `sha256sum-<arch>.txt`). Required with `k3s_version` when there is
+    /// no air-gap bundle.
+    pub k3s_sha256: Option<Spanned<String>>,
+    /// Air-gap bundle, the k3s binary: a local path (relative to the
+    /// profile) or an http(s) URL. Ingested into the store once, checked
+    /// against `k3s_binary_sha256`, baked into every k3s node with its
+    /// unit and config. Needs `k3s_images`.
+    pub k3s_binary: Option<Spanned<String>>,
+    /// sha256 of `k3s_binary`.
+    pub k3s_binary_sha256: Option<Spanned<String>>,
+    /// Air-gap bundle, the images tarball
+    /// (`k3s-airgap-images-<arch>.tar[.zst|.gz]`): a local path or an
+    /// http(s) URL, its file name kept in the node. Needs `k3s_binary`.
+    pub k3s_images: Option<Spanned<String>>,
+    /// sha256 of `k3s_images`.
+    pub k3s_images_sha256: Option<Spanned<String>>,
     /// Node (or the controller) serving NFS (exports `nfs_export_path`).
     pub nfs_server: Option<Spanned<String>>,
     /// Exported directory on the NFS server.
@@ -310,7 +353,12 @@ pub struct RawNode {
     pub kind: Spanned<String>,
     /// Board model: zero, zero2, pi3, pi4, pi5.
     pub model: Spanned<String>,
-    /// IPv4 address (Zeros: on `zero_network`; SD Pis: on `lan_network`).
+    /// IPv4 address (Zeros: on `zero_network`; SD Pis: on `lan_network`),
+    /// or `dhcp` for an SD Pi that takes its LAN address from the LAN's
+    /// DHCP server. A DHCP node is reached by its host name (the LAN's DNS
+    /// must resolve it): it is left out of `/etc/hosts`, listed in
+    /// known_hosts and ssh_config by name, and cannot be the
+    /// `nfs_server` or `k3s_server`, whose clients need an address.
     pub address: Spanned<String>,
     /// Host name; defaults to `name`.
     pub hostname: Option<Spanned<String>>,

@@ -167,8 +167,8 @@ pub fn owned_files(
         // With an air-gap bundle the controller gets what a node gets: the
         // binary, the images and the unit; without one, only the config
         // (deploy reports the unit as not installed).
-        if let Some(dir) = profile.features.k3s_airgap_dir.as_deref() {
-            for f in super::k3s::airgap_files(dir)? {
+        if let Some(files) = super::k3s::bundle_files(&profile.features)? {
+            for f in files {
                 let content = std::fs::read(&f.source)
                     .with_context(|| format!("reading {}", f.source.display()))?;
                 out.push(Owned {
@@ -180,7 +180,7 @@ pub fn owned_files(
                     restarts: vec![unit.clone()],
                 });
             }
-            layers.push(("roles/k3s_airgap", vec![unit]));
+            layers.push(("roles/k3s_unit", vec![unit]));
         }
     }
     for (name, restarts) in layers {

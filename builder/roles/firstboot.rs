@@ -1,9 +1,10 @@
 //! The one first-boot unit: does what cannot be done offline. Every
 //! package is baked into the image, so on the default profile that is
-//! nothing but k3s without an air-gap bundle; it installs what the profile
-//! lists in `packages.firstboot` (the only way a node installs anything),
-//! and on a base that was not given its packages (a bare test tree) it
-//! creates the munge user and enables what those packages bring. It runs until it succeeds once: a marker file is
+//! only the pinned k3s binary without an air-gap bundle (downloaded and
+//! checked against its sha256); it installs what the profile lists in
+//! `packages.firstboot` (the only way a node installs anything), and on a
+//! base that was not given its packages (a bare test tree) it creates the
+//! munge user and enables what those packages bring. It runs until it succeeds once: a marker file is
 //! written last, every step is idempotent, a failure is retried (and the
 //! whole script runs again at the next boot). Output goes to the journal.
 //! The unit and the script are `overlays/roles/firstboot/`.
@@ -17,12 +18,9 @@ pub const UNIT: &str = "chbuild-firstboot.service";
 pub const SCRIPT: &str = "usr/local/sbin/chbuild-firstboot";
 pub const MARKER: &str = "/var/lib/chbuild/firstboot.done";
 
-/// k3s's official install script; only used without an air-gap bundle.
-pub const K3S_INSTALL_URL: &str = "https://get.k3s.io";
-
 fn sh_word(s: &str) -> String {
     if s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.+:/@=".contains(c))
+        .all(|c| c.is_ascii_alphanumeric() || "-_.+:/@=%".contains(c))
     {
         s.to_string()
     } else {
@@ -37,13 +35,18 @@ pub fn values(packages: &[String], p: &Pending) -> Value {
     json!({
         "marker": MARKER,
         "marker_dir": MARKER.rsplit_once('/').map(|x| x.0).unwrap_or("/var/lib"),
-        "needs_network": !packages.is_empty() || p.k3s_install.is_some(),
+        "needs_network": !packages.is_empty() || p.k3s.is_some(),
         "packages": words(packages),
         "munge_owner": p.munge_owner,
         "docker_group": p.docker_group.as_deref().map(sh_word),
-        "k3s_install": p.k3s_install.as_deref().map(sh_word),
-        "k3s_version": p.k3s_version.as_deref().map(sh_word),
-        "k3s_install_url": K3S_INSTALL_URL,
+        // The URL and sum are checked by the profile parser; quoted anyway.
+        "k3s": p.k3s.as_ref().map(|k| json!({
+            "version": sh_word(&k.download.version),
+            "url": sh_word(&k.download.url),
+            "sha256": sh_word(&k.download.sha256),
+            "binary": format!("/{}", super::k3s::BINARY),
+            "unit": sh_word(&k.unit),
+        })),
         "enable": words(&p.enable),
     })
 }
@@ -72,13 +75,23 @@ mod tests {
     }
 
     #[test]
-    fn k3s_install_pins_the_profile_version() {
-        let mut p = Pending {
-            k3s_install: Some("agent".into()),
-            ..Pending::default()
-        };
-        assert_eq!(values(&[], &p)["k3s_version"], Value::Null);
-        p.k3s_version = Some("v1.30.4+k3s1".into());
-        assert_eq!(values(&[], &p)["k3s_version"], "v1.30.4+k3s1");
+    fn k3s_download_is_the_pinned_binary() {
+        let mut p = Pending::default();
+        assert_eq!(values(&[], &p)["k3s"], Value::Null);
+        p.k3s = Some(super::super::k3s::PendingK3s {
+            download: crate::profile::plan::K3sDownload::new(
+                "v1.36.4+k3s1",
+                "c920706346d5ad4e5cd3c7bf1bb09ce71ebe07fec829e513e40f1caf98aed8bb",
+                crate::profile::model::Arch::Arm64,
+            ),
+            unit: "k3s-agent.service".into(),
+        });
+        let v = values(&[], &p);
+        assert_eq!(v["needs_network"], true);
+        assert_eq!(
+            v["k3s"]["url"],
+            "https://github.com/k3s-io/k3s/releases/download/v1.36.4%2Bk3s1/k3s-arm64"
+        );
+        assert_eq!(v["k3s"]["unit"], "k3s-agent.service");
     }
 }

@@ -1,17 +1,23 @@
 //! k3s: the server on the profile's `k3s_server`, agents on the
-//! `containers` group, all with the token from the secrets directory. With
-//! `k3s_airgap_dir` the binary and the images tarball are baked in with
-//! chbuild's own unit; otherwise the first-boot unit runs the install
-//! script, which reads the same config.yaml. The files are
-//! `overlays/roles/{k3s,k3s_airgap}/`.
+//! `containers` group, all with the token from the secrets directory. The
+//! config and chbuild's own unit (enabled, conditioned on the binary) are
+//! always baked. With an air-gap bundle (`k3s_binary` + `k3s_images`,
+//! ingested into the store, or `k3s_airgap_dir`) the binary and the images
+//! are baked too; without one, the first-boot unit downloads exactly the
+//! pinned release binary, checks its sha256, installs it and starts the
+//! unit. The files are `overlays/roles/{k3s,k3s_unit}/`.
 
 use super::{enable_unit, Pending, RoleCtx, Templates};
 use crate::overlay::write::{Owner, TreeWriter};
+use crate::profile::Features;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
 pub const CONFIG: &str = "etc/rancher/k3s/config.yaml";
+/// Where the binary goes, from a bundle or from first boot.
+pub const BINARY: &str = "usr/local/bin/k3s";
+const IMAGES_DIR: &str = "var/lib/rancher/k3s/agent/images";
 
 /// One file of an air-gap bundle and where it goes in a tree.
 pub struct AirgapFile {
@@ -45,16 +51,47 @@ pub fn airgap_files(dir: &Path) -> Result<Vec<AirgapFile>> {
         );
     }
     let mut out = vec![AirgapFile {
-        path: "usr/local/bin/k3s".into(),
+        path: BINARY.into(),
         source: bin,
         mode: 0o755,
     }];
     out.extend(images.into_iter().map(|n| AirgapFile {
-        path: format!("var/lib/rancher/k3s/agent/images/{n}"),
+        path: format!("{IMAGES_DIR}/{n}"),
         source: dir.join(&n),
         mode: 0o644,
     }));
     Ok(out)
+}
+
+/// The bundle's files, from `k3s_airgap_dir` or from the store's copies
+/// of `k3s_binary` and `k3s_images`; `None` without a bundle.
+pub fn bundle_files(f: &Features) -> Result<Option<Vec<AirgapFile>>> {
+    if let Some(dir) = &f.k3s_airgap_dir {
+        return airgap_files(dir).map(Some);
+    }
+    let Some(b) = &f.k3s_bundle else {
+        return Ok(None);
+    };
+    let stored = |blob: &crate::profile::Blob| {
+        blob.stored.clone().with_context(|| {
+            format!(
+                "{} ({}) was not ingested into the store before the build",
+                blob.key, blob.source
+            )
+        })
+    };
+    Ok(Some(vec![
+        AirgapFile {
+            path: BINARY.into(),
+            source: stored(&b.binary)?,
+            mode: 0o755,
+        },
+        AirgapFile {
+            path: format!("{IMAGES_DIR}/{}", b.images.name),
+            source: stored(&b.images)?,
+            mode: 0o644,
+        },
+    ]))
 }
 
 /// What the k3s unit templates read as `roles.k3s`.
@@ -62,6 +99,7 @@ pub fn values(role: &str) -> serde_json::Value {
     json!({
         "role": role,
         "unit": unit_name(role),
+        "binary": format!("/{BINARY}"),
         // What the install script's unit uses: the server tells systemd
         // when it is ready, an agent does not.
         "service_type": if role == "server" { "notify" } else { "exec" },
@@ -87,19 +125,33 @@ pub fn apply(
     };
     let name = unit_name(role);
     t.apply(w, "k3s", values(role))?;
-    match ctx.profile.features.k3s_airgap_dir.as_deref() {
-        Some(dir) => {
-            for f in airgap_files(dir)? {
+    match bundle_files(&ctx.profile.features)? {
+        Some(files) => {
+            for f in files {
                 w.copy_from(&f.path, &f.source, f.mode, Owner::ROOT)?;
             }
-            // The unit k3s's install script would write.
-            t.apply(w, "k3s_airgap", json!({}))?;
-            enable_unit(w, name, "multi-user.target")?;
         }
         None => {
-            pending.k3s_install = Some(role.to_string());
-            pending.k3s_version = ctx.profile.features.k3s_version.clone();
+            let Some(d) = ctx.plan.k3s_download.clone() else {
+                bail!("k3s has neither an air-gap bundle nor a pinned release to download");
+            };
+            // curl and ca-certificates are in the plan (NodePlan::new).
+            pending.k3s = Some(PendingK3s {
+                download: d,
+                unit: name.to_string(),
+            });
         }
     }
+    // The unit k3s's install script would write, baked and enabled either
+    // way: it waits for its binary (ConditionPathExists).
+    t.apply(w, "k3s_unit", json!({}))?;
+    enable_unit(w, name, "multi-user.target")?;
     Ok(())
+}
+
+/// k3s left to first boot: the pinned binary to fetch, the unit to start.
+#[derive(Debug, Clone)]
+pub struct PendingK3s {
+    pub download: crate::profile::plan::K3sDownload,
+    pub unit: String,
 }

@@ -102,10 +102,8 @@ pub struct Pending {
     pub munge_owner: bool,
     /// Add the user to the `docker` group once Docker is installed.
     pub docker_group: Option<String>,
-    /// Install k3s with its install script: `server` or `agent`.
-    pub k3s_install: Option<String>,
-    /// `features.k3s_version`, for that install.
-    pub k3s_version: Option<String>,
+    /// Download the pinned k3s binary, check it, start its unit.
+    pub k3s: Option<k3s::PendingK3s>,
 }
 
 /// Apply every role, then the overlays, to the node tree at `tree`.
@@ -147,7 +145,10 @@ pub fn known_hosts(profile: &Profile, secrets: &Secrets) -> Result<String> {
         if let Some(d) = &profile.domain {
             names.push(format!("{}.{d}", n.hostname));
         }
-        names.push(n.address.to_string());
+        // A DHCP node is known by its names only.
+        if let Some(a) = n.address {
+            names.push(a.to_string());
+        }
         // Drop the key's comment: known_hosts lines are `names type key`.
         let mut parts = key.public.split_whitespace();
         let (kind, blob) = (parts.next(), parts.next());

@@ -1,14 +1,17 @@
 //! Host identity and network: hostname, `/etc/hosts` (every node, the
 //! controller with its aliases), time zone, an empty machine-id, the
-//! Zero's USB/NFS boot files when the base cannot make them itself, and
-//! the LAN nodes' route to the Zero network through the controller. The
-//! files are `overlays/roles/{network,usbboot,zero-route}/`.
+//! Zero's USB/NFS boot files when the base cannot make them itself, the
+//! SD nodes' LAN interface (static or DHCP, for the network stack the
+//! base uses) and their route to the Zero network through the controller.
+//! The files are `overlays/roles/{network,usbboot,lan_*,zero_route}/`.
 
 use super::{enable_unit, RoleCtx, Templates};
 use crate::overlay::write::TreeWriter;
-use crate::profile::plan::NodePlan;
+use crate::profile::plan::{LanPlan, NodePlan};
 use anyhow::Result;
+use serde::Serialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 /// ClusterCTRL's own script: a base carrying it gets its NFS-boot files
 /// from `usbboot-init` on the controller, not from chbuild.
@@ -53,6 +56,118 @@ pub fn kept_fstab(base: &str, plan: &NodePlan) -> Vec<String> {
         .collect()
 }
 
+/// The network stack that configures a tree's interfaces, detected from
+/// the programs the base has installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stack {
+    /// Keyfiles in `etc/NetworkManager/system-connections` (Raspberry Pi
+    /// OS Bookworm).
+    NetworkManager,
+    /// `etc/network/interfaces.d/<interface>` (Debian minbase).
+    Ifupdown,
+    /// `etc/systemd/network/*.network`, with systemd-networkd enabled.
+    Networkd,
+}
+
+/// NetworkManager when installed (it would take over an interface that
+/// ifupdown does not own), else ifupdown, else systemd-networkd, which
+/// every systemd base carries.
+pub fn detect_stack(w: &TreeWriter) -> Stack {
+    if w.exists("usr/sbin/NetworkManager") {
+        Stack::NetworkManager
+    } else if w.exists("usr/sbin/ifup") || w.exists("sbin/ifup") {
+        Stack::Ifupdown
+    } else {
+        Stack::Networkd
+    }
+}
+
+const NETWORKD_UNIT: &str = "systemd-networkd.service";
+/// What makes `network-online.target` wait for networkd's interfaces (the
+/// route to the Zeros is added once it is reached).
+const NETWORKD_WAIT_UNIT: &str = "systemd-networkd-wait-online.service";
+
+/// What the `lan_*` templates read as `roles.<layer>`.
+fn lan_values(plan: &NodePlan, lan: &LanPlan) -> serde_json::Value {
+    // NetworkManager wants a UUID per connection; one derived from the
+    // cluster, host and interface keeps rebuilds identical.
+    let h = Sha256::digest(format!(
+        "{}/{}/{}",
+        plan.cluster, plan.hostname, lan.interface
+    ));
+    let mut b: [u8; 16] = h[..16].try_into().expect("a sha256 has 16 bytes");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let x = hex::encode(b);
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..]
+    );
+    json!({
+        "interface": lan.interface,
+        "dhcp": lan.dhcp,
+        "address": lan.address,
+        "prefix": lan.prefix,
+        "netmask": lan.netmask,
+        "gateway": lan.gateway,
+        "dns": lan.dns,
+        "uuid": uuid,
+    })
+}
+
+/// Write the LAN interface's configuration for the tree's stack. Returns
+/// the stack used.
+pub fn apply_lan(
+    plan: &NodePlan,
+    lan: &LanPlan,
+    t: &mut Templates,
+    w: &mut TreeWriter,
+) -> Result<Stack> {
+    let stack = detect_stack(w);
+    tracing::debug!(
+        "{}: LAN interface {} ({}) for {stack:?}",
+        plan.name,
+        lan.interface,
+        if lan.dhcp { "dhcp" } else { "static" }
+    );
+    let values = lan_values(plan, lan);
+    match stack {
+        Stack::NetworkManager => t.apply(w, "lan_nm", values)?,
+        Stack::Ifupdown => t.apply(w, "lan_ifupdown", values)?,
+        Stack::Networkd => {
+            t.apply(w, "lan_networkd", values)?;
+            if !enable_unit(w, NETWORKD_UNIT, "multi-user.target")? {
+                tracing::warn!(
+                    "{}: the base has neither NetworkManager, ifupdown nor {NETWORKD_UNIT}: \
+                     the LAN configuration for systemd-networkd is written, but nothing \
+                     will apply it",
+                    plan.name
+                );
+            }
+            enable_unit(w, NETWORKD_WAIT_UNIT, "network-online.target")?;
+        }
+    }
+    // NetworkManager writes resolv.conf itself, and a symlink means a
+    // resolver daemon (resolvconf, systemd-resolved) owns it; otherwise
+    // ifupdown's `dns-nameservers` and networkd's `DNS=` reach no one,
+    // so a static node gets its DNS servers in the file. A DHCP client
+    // writes the file itself.
+    let resolv_owned = w
+        .host_path("etc/resolv.conf")
+        .ok()
+        .and_then(|p| std::fs::symlink_metadata(p).ok())
+        .is_some_and(|m| m.file_type().is_symlink());
+    if !lan.dhcp && stack != Stack::NetworkManager && !resolv_owned {
+        t.apply(w, "lan_resolv", json!({ "dns": lan.dns }))?;
+    }
+    Ok(stack)
+}
+
 pub fn apply(ctx: &RoleCtx, t: &mut Templates, w: &mut TreeWriter) -> Result<()> {
     let plan = ctx.plan;
     t.apply(w, "network", json!({}))?;
@@ -74,6 +189,10 @@ pub fn apply(ctx: &RoleCtx, t: &mut Templates, w: &mut TreeWriter) -> Result<()>
                 "base_fstab": kept_fstab(&fstab, plan),
             }),
         )?;
+    }
+
+    if let Some(lan) = &plan.lan {
+        apply_lan(plan, lan, t, w)?;
     }
 
     if plan.zero_route.is_some() {

@@ -8,6 +8,7 @@
 //! <store>/<digest>/manifest.jsonl   one line per archive entry
 //! <store>/<digest>/meta.json        source, archive sha256, totals
 //! <store>/index/<key>               md5 checksums and local archives -> digest
+//! <store>/blobs/<sha256>            single files (k3s bundles), see `blob`
 //! <store>/downloads/                downloads (kept partial for resuming)
 //! <store>/layers/<key>/             package layers (see [`layer`])
 //! <store>/apt/                      apt's downloads and indexes, a cache
@@ -19,6 +20,7 @@
 //! An entry is built in a `.tmp-*` sibling and renamed to its digest only
 //! when complete, so whatever is named by a digest is whole.
 
+mod blob;
 mod debian;
 mod fetch;
 mod ingest;

@@ -155,6 +155,7 @@ pub(super) fn parse(
         lan_network: cluster.lan_network,
         zero_network: cluster.zero_network,
         nfs_network: cluster.nfs_network,
+        lan: cluster.lan,
         timezone: raw.cluster.timezone.clone(),
         domain: raw.cluster.domain.clone(),
         controller,

@@ -44,6 +44,10 @@ pub(super) fn nodes(
         ]),
     };
     taken
+        .addresses
+        .entry(cluster.lan.gateway)
+        .or_insert_with(|| "the LAN gateway (cluster.lan_gateway)".into());
+    taken
         .hostnames
         .insert(controller.hostname.clone(), "the controller".into());
     for a in &controller.aliases {
@@ -95,26 +99,7 @@ fn node(
         }
     };
     let model = ctx.model(&rn.model, &key("model"))?;
-    let address = ctx.addr(&rn.address, &key("address"))?;
-    let net = match kind {
-        NodeKind::Usbboot => cluster.zero_network,
-        NodeKind::Sd => cluster.lan_network,
-    };
-    if !net.contains(&address) {
-        return Err(ctx.err(
-            rn.address.span(),
-            &key("address"),
-            format!("{address} is outside the node's network {net}"),
-        ));
-    }
-    if let Some(owner) = taken.addresses.get(&address) {
-        return Err(ctx.err(
-            rn.address.span(),
-            &key("address"),
-            format!("{address} is already used by {owner}"),
-        ));
-    }
-    taken.addresses.insert(address, format!("node {nname}"));
+    let address = address(ctx, rn, kind, cluster, taken, &key)?;
     if !model.can_run(architecture) {
         return Err(ctx.err(
             rn.model.span(),
@@ -154,6 +139,57 @@ fn node(
         vars: rn.overrides.vars.clone(),
     })
 }
+
+/// The node's address, inside its network and used by no one else, or
+/// `None` for `dhcp` (SD nodes only: ClusterCTRL gives each Zero the
+/// address of its slot).
+fn address(
+    ctx: &Ctx,
+    rn: &RawNode,
+    kind: NodeKind,
+    cluster: &Cluster,
+    taken: &mut Taken,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<std::net::Ipv4Addr>, ProfileError> {
+    let span = rn.address.span();
+    if rn.address.get_ref() == DHCP {
+        return match kind {
+            NodeKind::Sd => Ok(None),
+            NodeKind::Usbboot => Err(ctx.err(
+                span,
+                &key("address"),
+                "a usbboot Zero cannot use `dhcp`: ClusterCTRL routes it by a static \
+                 address on the Zero network",
+            )),
+        };
+    }
+    let address = ctx.addr(&rn.address, &key("address"))?;
+    let net = match kind {
+        NodeKind::Usbboot => cluster.zero_network,
+        NodeKind::Sd => cluster.lan_network,
+    };
+    if !net.contains(&address) {
+        return Err(ctx.err(
+            span,
+            &key("address"),
+            format!("{address} is outside the node's network {net}"),
+        ));
+    }
+    if let Some(owner) = taken.addresses.get(&address) {
+        return Err(ctx.err(
+            span,
+            &key("address"),
+            format!("{address} is already used by {owner}"),
+        ));
+    }
+    taken
+        .addresses
+        .insert(address, format!("node {}", rn.name.get_ref()));
+    Ok(Some(address))
+}
+
+/// `address = "dhcp"`.
+pub(super) const DHCP: &str = "dhcp";
 
 /// The node's host name (its name unless given), used by no one else.
 fn hostname(
