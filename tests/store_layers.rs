@@ -109,16 +109,17 @@ fn one_layer_per_set_shared_and_rebuilt_only_where_changed() {
     let r = image(&c, &out, "z1,z2,p1");
     assert_eq!(names(&r["built"]), ["z1", "z2", "p1"]);
 
-    // Two sets, two layers; the larger built on the smaller.
+    // Two sets, two layers; the larger built on the smaller. exa comes
+    // with every node: the shell role's `ll` on a bookworm base.
     let ls = layers(&c);
     assert_eq!(ls.len(), 2, "{ls:#?}");
     let zero = ls
         .iter()
-        .find(|l| packages(l) == ["tree"])
+        .find(|l| packages(l) == ["exa", "tree"])
         .expect("the Zeros' layer");
     let pi = ls
         .iter()
-        .find(|l| packages(l) == ["lsof", "tree"])
+        .find(|l| packages(l) == ["exa", "lsof", "tree"])
         .expect("the LAN Pi's layer");
     assert_eq!(pi["parent"], zero["key"]);
     let installed = names(&pi["installed"]);
@@ -181,7 +182,7 @@ fn one_layer_per_set_shared_and_rebuilt_only_where_changed() {
     c2.ok(&["store", "gc"]);
     let mut kept: Vec<String> = layers(&c2).iter().map(|l| packages(l).join(" ")).collect();
     kept.sort();
-    assert_eq!(kept, ["bc lsof tree", "tree"]);
+    assert_eq!(kept, ["bc exa lsof tree", "exa tree"]);
     c2.ok(&["store", "gc", "--all"]);
     assert!(layers(&c2).is_empty());
 }
