@@ -64,6 +64,39 @@ impl Progress {
         }
     }
 
+    /// A spinner for long work without a count (a package layer's apt
+    /// and dpkg steps): on a terminal it shows the current step, in logs
+    /// each step is one line at debug level.
+    pub fn steps(label: &str) -> Progress {
+        let bar = if std::io::stderr().is_terminal() && tracing::enabled!(tracing::Level::INFO) {
+            let b = ProgressBar::new_spinner();
+            b.set_draw_target(ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {prefix}: {msg} ({elapsed})").unwrap(),
+            );
+            b.set_prefix(label.to_string());
+            b.enable_steady_tick(Duration::from_millis(200));
+            Some(b)
+        } else {
+            None
+        };
+        Progress {
+            bar,
+            label: label.to_string(),
+            last_log: Instant::now(),
+            pos: 0,
+            len: None,
+        }
+    }
+
+    /// Name the step now under way.
+    pub fn step(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.set_message(msg.to_string()),
+            None => tracing::debug!("{}: {msg}", self.label),
+        }
+    }
+
     pub fn inc(&mut self, n: u64) {
         self.pos += n;
         if let Some(b) = &self.bar {

@@ -308,6 +308,13 @@ struct LayerBuild<'a> {
 impl LayerBuild<'_> {
     fn run(&self) -> Result<BaseTree> {
         let started = std::time::Instant::now();
+        if !crate::fs::is_root() {
+            bail!(
+                "installing {} into a package layer needs root (an overlay mount, and \
+                 the packages' owners): run chbuild as root",
+                self.packages.join(" ")
+            );
+        }
         tools::APT_GET.require()?;
         tools::APT_CACHE.require()?;
         tools::check_foreign_arch(self.arch.qemu())?;
@@ -376,6 +383,8 @@ impl LayerBuild<'_> {
             self.parent.as_deref().unwrap_or(&self.base.digest)
         );
 
+        let progress = crate::progress::Progress::steps(&format!("layer {}", &self.key[..12]));
+        progress.step("apt-get update (the base's sources)");
         let (ok, log) = run(apt_argv("apt-get", &["update"]))?;
         if !ok {
             bail!(
@@ -384,7 +393,12 @@ impl LayerBuild<'_> {
                 last_lines(&log, 20)
             );
         }
+        progress.step("checking that every package exists");
         self.check_candidates(&run, &apt_argv)?;
+        progress.step(&format!(
+            "installing {} packages (dpkg under emulation)",
+            self.packages.len()
+        ));
 
         let mut args = vec!["install", "--"];
         args.extend(self.packages.iter().map(String::as_str));
@@ -426,6 +440,7 @@ impl LayerBuild<'_> {
             .map(|(n, v)| format!("{n}={v}"))
             .collect();
 
+        progress.step("folding the layer into a tree");
         let tree = tmp.path().join(TREE);
         copy_tree(&self.parent_tree.root, &tree, &LinkPolicy::link_all())
             .with_context(|| format!("linking the layer's parent into {}", tree.display()))?;
@@ -450,6 +465,7 @@ impl LayerBuild<'_> {
             size: stats.moved_bytes,
             seconds: started.elapsed().as_secs_f64(),
         };
+        progress.finish();
         let meta_path = tmp.path().join(LAYER_META);
         crate::fs::write_new(
             &meta_path,
