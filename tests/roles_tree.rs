@@ -538,3 +538,67 @@ fn minbase_without_munge_user() {
         .exists());
     let _ = std::fs::remove_dir_all(&b.dir);
 }
+
+/// A kernel or firmware upgrade on a Zero: Debian's raspi-firmware hook,
+/// run in (a copy of) the tree as dpkg would, regenerates cmdline.txt
+/// from its defaults; chbuild's keep the NFS root and ClusterCTRL's
+/// `ip=...:p1:usb0.10:static`, so the Zero still boots after it.
+#[test]
+fn a_zero_keeps_its_nfs_root_when_raspi_firmware_regenerates_cmdline() {
+    let f = fixture_or_skip!();
+    if chbuild::tools::check_foreign_arch("aarch64").is_err() {
+        common::skip("arm64 binaries cannot run here");
+        return;
+    }
+    let hook = "etc/kernel/postinst.d/z50-raspi-firmware";
+    assert!(
+        f.built.tree("z1").join(hook).exists(),
+        "the Pi fixture has raspi-firmware"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("z1");
+    chbuild::tools::run(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(f.built.tree("z1"))
+            .arg(&root),
+    )
+    .unwrap();
+    // The kernel package installs into /boot; the hook copies the newest
+    // kernel from there into the boot directory and writes cmdline.txt.
+    let firmware = root.join("boot/firmware");
+    for e in std::fs::read_dir(&firmware).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with("vmlinuz-") || name.starts_with("initrd.img-") {
+            std::fs::copy(firmware.join(&name), root.join("boot").join(&name)).unwrap();
+        }
+    }
+    std::fs::remove_file(firmware.join("cmdline.txt")).unwrap();
+    // /proc lets the hook see it runs in a chroot; the mount dies with the
+    // private namespace.
+    let script = format!(
+        "mount -t proc proc {root}/proc && DEB_MAINT_PARAMS=configure chroot {root} /{hook}",
+        root = root.display()
+    );
+    chbuild::tools::run(
+        std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(&script),
+    )
+    .unwrap();
+    let cmdline = std::fs::read_to_string(firmware.join("cmdline.txt")).unwrap();
+    for want in [
+        "root=/dev/nfs",
+        "boot=nfs",
+        "nfsroot=172.19.180.254:/var/lib/clusterctrl/nfs/p1",
+        "ip=172.19.180.1:172.19.180.254::255.255.255.0:p1:usb0.10:static",
+    ] {
+        assert!(
+            cmdline
+                .split_whitespace()
+                .any(|a| a == want || a.starts_with(want)),
+            "{want} missing from the regenerated cmdline.txt: {cmdline}"
+        );
+    }
+    assert!(!cmdline.contains("mmcblk"), "{cmdline}");
+}

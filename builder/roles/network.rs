@@ -3,7 +3,7 @@
 //! Zero's USB/NFS boot files when the base cannot make them itself, the
 //! SD nodes' LAN interface (static or DHCP, for the network stack the
 //! base uses) and their route to the Zero network through the controller.
-//! The files are `overlays/roles/{network,usbboot,lan_*,zero_route}/`.
+//! The files are `overlays/roles/{network,usbboot,usbboot_firmware,lan_*,zero_route}/`.
 
 use super::{enable_unit, RoleCtx, Templates};
 use crate::overlay::write::TreeWriter;
@@ -16,6 +16,18 @@ use sha2::{Digest, Sha256};
 /// ClusterCTRL's own script: a base carrying it gets its NFS-boot files
 /// from `usbboot-init` on the controller, not from chbuild.
 pub const RECONFIG_USBBOOT: &str = "usr/share/clusterctrl/reconfig-usbboot";
+
+/// raspi-firmware's settings, read by its kernel and initramfs hooks.
+pub const RASPI_FIRMWARE_DEFAULT: &str = "etc/default/raspi-firmware";
+
+/// The base's raspi-firmware defaults without any ROOTPART setting (the
+/// template sets the Zero's own).
+pub fn kept_firmware_default(base: &str) -> Vec<String> {
+    base.lines()
+        .filter(|l| !l.trim_start().starts_with("ROOTPART="))
+        .map(str::to_string)
+        .collect()
+}
 
 pub const ZERO_ROUTE_UNIT: &str = "chbuild-zero-route.service";
 
@@ -189,6 +201,16 @@ pub fn apply(ctx: &RoleCtx, t: &mut Templates, w: &mut TreeWriter) -> Result<()>
                 "base_fstab": kept_fstab(&fstab, plan),
             }),
         )?;
+        // Debian's raspi-firmware rewrites cmdline.txt on every kernel or
+        // firmware install, from its defaults: they must name the NFS
+        // root, or the first upgrade leaves a Zero that cannot boot.
+        if let Some(default) = w.read_string(RASPI_FIRMWARE_DEFAULT)? {
+            t.apply(
+                w,
+                "usbboot_firmware",
+                json!({ "base_default": kept_firmware_default(&default) }),
+            )?;
+        }
     }
 
     if let Some(lan) = &plan.lan {
