@@ -1,6 +1,21 @@
 //! Bases built from Debian packages: an mmdebstrap recipe becomes a tar
 //! that is then ingested like any archive. The store key is the sha256 of
-//! the recipe's canonical JSON, known before any work.
+//! the recipe's canonical JSON and of the hooks below, known before any
+//! work.
+//!
+//! Where the time goes: a foreign architecture runs every maintainer script
+//! under qemu-user, where each process start costs tens of milliseconds.
+//! The costliest work is `mkinitramfs` (hundreds of modules with
+//! `MODULES=most`, thousands of processes), and plain mmdebstrap runs it
+//! more than once for one kernel: linux-image's postinst calls
+//! `update-initramfs -c`, and the initramfs-tools trigger, fired again by
+//! every later package that ships an initramfs hook (udev, kmod, busybox,
+//! ...), calls `update-initramfs -u`. The hooks below divert
+//! `update-initramfs` to a no-op while packages are installed, and build
+//! each kernel's initramfs once at the end, with the real program, so the
+//! result is what a plain run leaves (raspi-firmware's post-update hook
+//! then copies kernel, initramfs and device trees to `boot/firmware` and
+//! writes its `config.txt`, as it does on any update).
 
 use crate::profile::DebianRecipe;
 use crate::tools;
@@ -8,12 +23,48 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
+/// Runs (as `sh -c HOOK exec ROOT`) once the essential packages are in,
+/// before the rest is installed: while the diversion stands every call of
+/// `update-initramfs` (postinst, kernel hook, trigger) does nothing.
+/// `dpkg-divert --rename` on a file no package has unpacked yet only
+/// records the diversion; initramfs-tools then unpacks its program as
+/// `update-initramfs.distrib`.
+const DEFER_INITRAMFS: &str = r#"set -e
+chroot "$1" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs
+printf '#!/bin/sh\n# chbuild: deferred, the initramfs is built once at the end\nexit 0\n' >"$1/usr/sbin/update-initramfs"
+chmod 0755 "$1/usr/sbin/update-initramfs"
+"#;
+
+/// Runs after every package is installed and configured: put the real
+/// `update-initramfs` back (leaving no trace in dpkg's diversions) and
+/// build one initramfs per installed kernel (`-k all` with `-c` means every
+/// kernel `linux-version list` finds). Its post-update hooks run as on a
+/// live system. Nothing happens when no kernel or no initramfs-tools is
+/// installed.
+const BUILD_INITRAMFS: &str = r#"set -e
+rm -f "$1/usr/sbin/update-initramfs"
+chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+if [ -x "$1/usr/sbin/update-initramfs" ] && ls "$1"/boot/vmlinuz-* >/dev/null 2>&1; then
+  chroot "$1" update-initramfs -c -k all
+fi
+"#;
+
 /// The store key of a recipe.
 pub fn recipe_digest(r: &DebianRecipe) -> String {
     // serde_json writes struct fields in declaration order and the package
     // list is sorted by the profile loader: the same recipe, the same bytes.
     let json = serde_json::to_vec(r).expect("a recipe always serializes");
-    hex::encode(Sha256::digest(&json))
+    let mut h = Sha256::new();
+    h.update(&json);
+    // The hooks shape the result as much as the package list: a base built
+    // by other hooks is another base.
+    if runs_foreign_code(&r.variant) {
+        for hook in [DEFER_INITRAMFS, BUILD_INITRAMFS] {
+            h.update(b"\0hook\0");
+            h.update(hook.as_bytes());
+        }
+    }
+    hex::encode(h.finalize())
 }
 
 pub fn describe(r: &DebianRecipe) -> String {
@@ -54,6 +105,11 @@ pub fn build_tar(r: &DebianRecipe, out: &Path) -> Result<()> {
     if !r.packages.is_empty() {
         cmd.arg(format!("--include={}", r.packages.join(",")));
     }
+    // Variants that run no maintainer scripts build no initramfs.
+    if runs_foreign_code(&r.variant) {
+        cmd.arg(format!("--essential-hook={DEFER_INITRAMFS}"))
+            .arg(format!("--customize-hook={BUILD_INITRAMFS}"));
+    }
     cmd.arg(&r.suite).arg(out);
     // Without a mirror mmdebstrap follows the machine's apt configuration.
     if let Some(m) = &r.mirror {
@@ -88,6 +144,20 @@ mod tests {
         b.packages.push("vim-tiny".into());
         assert_ne!(recipe_digest(&a), recipe_digest(&b));
         assert_eq!(recipe_digest(&a).len(), 64);
+    }
+
+    #[test]
+    fn digest_follows_the_hooks() {
+        // The same recipe under the hooks (minbase) and without them
+        // (extract, which runs no scripts) are different bases; the
+        // extract digest stays the plain recipe's.
+        let a = recipe();
+        let json = serde_json::to_vec(&a).unwrap();
+        assert_ne!(recipe_digest(&a), hex::encode(Sha256::digest(&json)));
+        let mut e = recipe();
+        e.variant = "extract".into();
+        let json = serde_json::to_vec(&e).unwrap();
+        assert_eq!(recipe_digest(&e), hex::encode(Sha256::digest(&json)));
     }
 
     #[test]
