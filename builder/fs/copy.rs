@@ -26,6 +26,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkPolicy {
     top: Vec<OsString>,
+    /// Top-level directories whose files are linked except text files
+    /// (`*.txt`), which stay private copies.
+    binaries: Vec<OsString>,
 }
 
 impl LinkPolicy {
@@ -38,17 +41,33 @@ impl LinkPolicy {
     pub fn link_top<S: AsRef<OsStr>>(dirs: impl IntoIterator<Item = S>) -> LinkPolicy {
         LinkPolicy {
             top: dirs.into_iter().map(|d| d.as_ref().to_owned()).collect(),
+            binaries: Vec::new(),
         }
+    }
+
+    /// Also hardlink the regular files below the top-level directory `dir`,
+    /// except text files (`*.txt`, the ones written in place by `cat >` or
+    /// an editor); the caller says why that is safe for `dir`.
+    pub fn and_binaries_under<S: AsRef<OsStr>>(mut self, dir: S) -> LinkPolicy {
+        self.binaries.push(dir.as_ref().to_owned());
+        self
     }
 
     /// Whether a regular file at `rel` (relative to the tree root) is
     /// hardlinked to the source.
     pub fn links(&self, rel: &Path) -> bool {
         let mut c = rel.components();
-        match (c.next(), c.next()) {
-            (Some(top), Some(_)) => self.top.iter().any(|t| top.as_os_str() == t),
-            _ => false,
+        let (Some(top), Some(_)) = (c.next(), c.next()) else {
+            return false;
+        };
+        let top = top.as_os_str();
+        if self.top.iter().any(|t| top == t) {
+            return true;
         }
+        self.binaries.iter().any(|t| top == t)
+            && !rel
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
     }
 }
 
@@ -273,5 +292,13 @@ mod tests {
         // A file named like a linked directory, at the top, is copied.
         assert!(!LinkPolicy::link_top(["usr"]).links(Path::new("usr")));
         assert!(LinkPolicy::link_top(["usr"]).links(Path::new("usr/f")));
+        // Below a binaries directory, text files stay private.
+        let p = LinkPolicy::link_top(["usr"]).and_binaries_under("boot");
+        assert!(p.links(Path::new("boot/firmware/vmlinuz-6.1.0-50-arm64")));
+        assert!(p.links(Path::new("boot/firmware/overlays/a.dtbo")));
+        assert!(!p.links(Path::new("boot/firmware/config.txt")));
+        assert!(!p.links(Path::new("boot/firmware/CMDLINE.TXT")));
+        assert!(!p.links(Path::new("boot")));
+        assert!(!p.links(Path::new("etc/boot/x")));
     }
 }
