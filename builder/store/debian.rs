@@ -21,6 +21,7 @@ use crate::profile::DebianRecipe;
 use crate::tools;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
+use std::ffi::OsString;
 use std::path::Path;
 
 /// Runs (as `sh -c HOOK exec ROOT`) once the essential packages are in,
@@ -92,29 +93,38 @@ pub fn check_tools(r: &DebianRecipe) -> Result<()> {
     Ok(())
 }
 
+/// mmdebstrap's arguments for the recipe, writing the tar file `out`.
+fn mmdebstrap_args(r: &DebianRecipe, out: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        format!("--variant={}", r.variant).into(),
+        format!("--architectures={}", r.architecture.debian()).into(),
+        "--format=tar".into(),
+    ];
+    if !r.components.is_empty() {
+        args.push(format!("--components={}", r.components.join(",")).into());
+    }
+    if !r.packages.is_empty() {
+        args.push(format!("--include={}", r.packages.join(",")).into());
+    }
+    // Variants that run no maintainer scripts build no initramfs.
+    if runs_foreign_code(&r.variant) {
+        args.push(format!("--essential-hook={DEFER_INITRAMFS}").into());
+        args.push(format!("--customize-hook={BUILD_INITRAMFS}").into());
+    }
+    args.push(r.suite.clone().into());
+    args.push(out.into());
+    // Without a mirror mmdebstrap follows the machine's apt configuration.
+    if let Some(m) = &r.mirror {
+        args.push(m.into());
+    }
+    args
+}
+
 /// Build the recipe into the tar file `out`.
 pub fn build_tar(r: &DebianRecipe, out: &Path) -> Result<()> {
     check_tools(r)?;
     let mut cmd = tools::MMDEBSTRAP.command()?;
-    cmd.arg(format!("--variant={}", r.variant))
-        .arg(format!("--architectures={}", r.architecture.debian()))
-        .arg("--format=tar");
-    if !r.components.is_empty() {
-        cmd.arg(format!("--components={}", r.components.join(",")));
-    }
-    if !r.packages.is_empty() {
-        cmd.arg(format!("--include={}", r.packages.join(",")));
-    }
-    // Variants that run no maintainer scripts build no initramfs.
-    if runs_foreign_code(&r.variant) {
-        cmd.arg(format!("--essential-hook={DEFER_INITRAMFS}"))
-            .arg(format!("--customize-hook={BUILD_INITRAMFS}"));
-    }
-    cmd.arg(&r.suite).arg(out);
-    // Without a mirror mmdebstrap follows the machine's apt configuration.
-    if let Some(m) = &r.mirror {
-        cmd.arg(m);
-    }
+    cmd.args(mmdebstrap_args(r, out));
     tracing::info!("building {} with mmdebstrap", describe(r));
     tools::run(&mut cmd).with_context(|| format!("building the base {}", describe(r)))?;
     Ok(())
@@ -158,6 +168,33 @@ mod tests {
         e.variant = "extract".into();
         let json = serde_json::to_vec(&e).unwrap();
         assert_eq!(recipe_digest(&e), hex::encode(Sha256::digest(&json)));
+    }
+
+    #[test]
+    fn initramfs_is_deferred_to_one_build_at_the_end() {
+        let args = |variant: &str| {
+            let mut r = recipe();
+            r.variant = variant.into();
+            mmdebstrap_args(&r, Path::new("/tmp/base.tar"))
+                .into_iter()
+                .map(|a| a.into_string().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let a = args("minbase");
+        let hook = |prefix: &str| a.iter().find(|x| x.starts_with(prefix)).cloned();
+        let defer = hook("--essential-hook=").expect("an essential hook");
+        assert!(
+            defer.contains("dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs")
+        );
+        let build = hook("--customize-hook=").expect("a customize hook");
+        // The diversion goes before the one real run, so dpkg keeps no trace.
+        let (remove, run) = (
+            build.find("--remove /usr/sbin/update-initramfs").unwrap(),
+            build.find("update-initramfs -c -k all").unwrap(),
+        );
+        assert!(remove < run, "{build}");
+        assert_eq!(&a[a.len() - 2..], ["bookworm", "/tmp/base.tar"]);
+        assert!(!args("extract").iter().any(|x| x.contains("-hook=")));
     }
 
     #[test]
