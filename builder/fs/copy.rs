@@ -110,11 +110,19 @@ pub fn copy_tree(src: &Path, dst: &Path, policy: &LinkPolicy) -> Result<CopyStat
             .strip_prefix(src)
             .expect("the walk stays under its root");
         let to = dst.join(rel);
+        stats.entries += 1;
+        // The walk's own file type (from the directory entry, no lstat):
+        // a linked file, most of a tree, needs nothing more than link(2).
+        if e.file_type().is_file() && policy.links(rel) {
+            fs::hard_link(from, &to)
+                .with_context(|| format!("linking {} to {}", to.display(), from.display()))?;
+            stats.linked += 1;
+            continue;
+        }
         let meta = from
             .symlink_metadata()
             .with_context(|| format!("reading {}", from.display()))?;
         let ft = meta.file_type();
-        stats.entries += 1;
         if ft.is_dir() {
             fs::create_dir(&to).with_context(|| format!("creating {}", to.display()))?;
             dirs.push((to, Attrs::of(from, &meta)?));
@@ -123,12 +131,6 @@ pub fn copy_tree(src: &Path, dst: &Path, policy: &LinkPolicy) -> Result<CopyStat
         }
         if ft.is_socket() {
             tracing::debug!("skipping the socket {}", from.display());
-            continue;
-        }
-        if ft.is_file() && policy.links(rel) {
-            fs::hard_link(from, &to)
-                .with_context(|| format!("linking {} to {}", to.display(), from.display()))?;
-            stats.linked += 1;
             continue;
         }
         let inode = (meta.dev(), meta.ino());
