@@ -10,10 +10,32 @@ use std::path::Path;
 use walkdir::WalkDir;
 
 /// Recreate `base` at `dest` (which must not exist). Files below the
-/// top-level directories named in `link_dirs` are hardlinked to the base;
-/// the rest is copied.
+/// top-level directories named in `link_dirs` are hardlinked to the base,
+/// and so are the files below `boot/` but its text files (see
+/// [`boot_policy`]); the rest is copied.
 pub fn compose(base: &Path, dest: &Path, link_dirs: &[String]) -> Result<CopyStats> {
-    copy_tree(base, dest, &LinkPolicy::link_top(link_dirs))
+    copy_tree(base, dest, &boot_policy(LinkPolicy::link_top(link_dirs)))
+}
+
+/// Share `boot/` (kernel, initramfs, device trees, Pi firmware: 61 MiB of
+/// the 79 MiB a Zero's tree would copy) but its `*.txt`.
+///
+/// Who writes there, and how:
+/// - in a built tree, only chbuild: overlays (`cmdline.txt`, `userconf.txt`)
+///   and the SD image's `cmdline.txt`/`fstab` fix-up write new inodes and
+///   rename them into place, so a shared inode is never opened for writing;
+/// - `/boot/vmlinuz-*` and `/boot/initrd.img-*` are replaced by rename on a
+///   node too (dpkg unpacks beside and renames; update-initramfs writes
+///   `initrd.img-*.new` and renames it);
+/// - but on a running node raspi-firmware writes `/boot/firmware` in place:
+///   its postinst and its kernel and initramfs hooks `cp` the firmware,
+///   kernel, initramfs and device trees over the existing files, and
+///   `config.txt`/`cmdline.txt` are rewritten with `cat >`. Text files stay
+///   private here for that reason; the rest is shared only in built trees,
+///   which no node runs: a deploy gives each node its own inodes for them
+///   or breaks the link before raspi-firmware writes (see `deploy`).
+pub fn boot_policy(p: LinkPolicy) -> LinkPolicy {
+    p.and_binaries_under("boot")
 }
 
 /// Bring every mtime newer than `epoch` down to it, so the tree (and any
@@ -47,11 +69,20 @@ mod tests {
         fs::write(base.join("usr/bin/tool"), "tool").unwrap();
         fs::write(base.join("etc/motd"), "hello").unwrap();
         fs::hard_link(base.join("etc/motd"), base.join("etc/motd2")).unwrap();
+        fs::create_dir_all(base.join("boot/firmware")).unwrap();
+        fs::write(base.join("boot/firmware/kernel8.img"), "kernel").unwrap();
+        fs::write(base.join("boot/firmware/config.txt"), "arm_64bit=1").unwrap();
         std::os::unix::fs::symlink("usr/bin", base.join("bin")).unwrap();
         let a = t.path().join("a");
         let stats = compose(&base, &a, &["usr".into(), "bin".into()]).unwrap();
-        assert_eq!(stats.linked, 1);
+        assert_eq!(stats.linked, 2);
         let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        // Boot binaries are shared, the text files raspi-firmware rewrites
+        // in place are not.
+        let kernel = "boot/firmware/kernel8.img";
+        assert_eq!(ino(&a.join(kernel)), ino(&base.join(kernel)));
+        let config = "boot/firmware/config.txt";
+        assert_ne!(ino(&a.join(config)), ino(&base.join(config)));
         assert_eq!(
             ino(&a.join("usr/bin/tool")),
             ino(&base.join("usr/bin/tool"))

@@ -636,7 +636,12 @@ fn deploy_node(d: &NfsDir, j: &Job, args: &DeployOptions, nfs_server: &str) -> R
     let staged = d.join(&staging);
     let stats = match &j.src.content {
         Content::Tree(t) => stage::from_tree(t, &staged, j.link),
-        Content::Tarball { path, .. } => stage::from_tarball(path, &staged),
+        Content::Tarball { path, .. } => stage::from_tarball(
+            path,
+            &staged,
+            &d.trees(p)?,
+            j.src.has_file(stage::UNSHARE_BOOT),
+        ),
     };
     let prepared = stats.and_then(|stats| {
         tracing::info!(

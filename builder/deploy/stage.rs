@@ -2,7 +2,8 @@
 //! owners, modes (setuid too), xattrs, times, symlinks, hard links and
 //! device nodes. Files that a running Zero or `usbboot-init` may rewrite in
 //! place are always copied; the rest is hard-linked when the source is on
-//! the same file system (so a deploy costs inodes, not gigabytes).
+//! the same file system, or, from a tarball, to the identical file of a
+//! tree already deployed (so a deploy costs inodes, not gigabytes).
 
 use crate::fs::{copy_tree, CopyStats, Durability, Inode, LinkPolicy};
 use crate::unpack::EntryKind;
@@ -15,26 +16,46 @@ use std::path::Path;
 /// files, which dpkg replaces by rename and never rewrites in place.
 /// Everything else (etc, var, home, boot...) is copied, because usbboot-init
 /// and the running node write there in place, which would reach through a
-/// hard link into the source tree.
+/// hard link into the source tree; boot binaries are the exception when the
+/// tree protects them (see [`UNSHARE_BOOT`]).
 const SHARED_TOP: &[&str] = &["usr", "opt", "bin", "sbin", "lib", "lib32", "lib64"];
 
-fn policy(link: bool) -> LinkPolicy {
-    if link {
-        LinkPolicy::link_top(SHARED_TOP)
-    } else {
-        LinkPolicy::copy_all()
+/// A node tree that carries this (the `boot_unshare` overlay) breaks the
+/// hard links of its boot files before raspi-firmware writes them in place
+/// on the Zero (its postinst and kernel/initramfs hooks `cp` over them):
+/// only then are the boot binaries shared too (61 MiB of a Zero's 79 MiB
+/// of private files on the Pi base). Text files (`config.txt`,
+/// `cmdline.txt`), which raspi-firmware and `usbboot-init` rewrite, stay
+/// private copies whatever the tree carries.
+pub const UNSHARE_BOOT: &str = "usr/local/sbin/chbuild-unshare-boot";
+
+fn policy(link: bool, boot: bool) -> LinkPolicy {
+    match (link, boot) {
+        (false, _) => LinkPolicy::copy_all(),
+        (true, false) => LinkPolicy::link_top(SHARED_TOP),
+        (true, true) => crate::tree::boot_policy(LinkPolicy::link_top(SHARED_TOP)),
     }
 }
 
 /// Populate `dst` (which must not exist) from the tree `src`: hard links
 /// for shareable files when `link` is set, copies otherwise.
 pub fn from_tree(src: &Path, dst: &Path, link: bool) -> Result<CopyStats> {
-    copy_tree(src, dst, &policy(link))
+    copy_tree(src, dst, &policy(link, src.join(UNSHARE_BOOT).is_file()))
 }
 
 /// Populate `dst` (which must not exist) from a `.tar.zst`, through the
-/// same safe unpacker as the store.
-pub fn from_tarball(tarball: &Path, dst: &Path) -> Result<CopyStats> {
+/// same safe unpacker as the store. A shareable file (the same policy as
+/// [`from_tree`]) that one of the `donors` (the trees already deployed)
+/// holds byte for byte, with the same owner, mode, mtime and xattrs, is
+/// hard-linked to it instead of written: Zeros from one base share their
+/// package files on the controller's card as they do on the build
+/// machine, and a redeploy writes only what changed there.
+pub fn from_tarball(
+    tarball: &Path,
+    dst: &Path,
+    donors: &[std::path::PathBuf],
+    unshares_boot: bool,
+) -> Result<CopyStats> {
     let ctx = || format!("unpacking {}", tarball.display());
     let f = File::open(tarball).with_context(|| format!("opening {}", tarball.display()))?;
     let len = f.metadata().map(|m| m.len()).ok();
@@ -48,7 +69,8 @@ pub fn from_tarball(tarball: &Path, dst: &Path) -> Result<CopyStats> {
     let mut ar = tar::Archive::new(dec);
     fs::create_dir(dst).with_context(|| format!("creating {}", dst.display()))?;
     let mut stats = CopyStats::default();
-    crate::unpack::unpack_tar(&mut ar, dst, tarball, |e| {
+    let donors = crate::unpack::Donors::open(donors, policy(true, unshares_boot))?;
+    let shared = crate::unpack::unpack_tar_sharing(&mut ar, dst, tarball, donors, |e| {
         stats.entries += 1;
         match e.kind {
             EntryKind::File => {
@@ -62,13 +84,16 @@ pub fn from_tarball(tarball: &Path, dst: &Path) -> Result<CopyStats> {
         Ok(())
     })?;
     progress.finish();
+    stats.linked = shared.linked;
+    stats.copied -= shared.linked;
+    stats.copied_bytes -= shared.linked_bytes;
     Ok(stats)
 }
 
 /// Bytes and inodes the staged tree will take: every file that is copied
 /// (counted once per inode), and one inode per entry.
 pub fn needed_space(src: &Path, link: bool) -> Result<(u64, u64)> {
-    let links = policy(link);
+    let links = policy(link, src.join(UNSHARE_BOOT).is_file());
     let mut seen = std::collections::HashSet::new();
     let (mut bytes, mut entries) = (0, 0);
     for e in walkdir::WalkDir::new(src).follow_links(false) {
@@ -188,7 +213,7 @@ mod tests {
             zstd::encode_all(&b.into_inner().unwrap()[..], 1).unwrap(),
         )
         .unwrap();
-        let err = from_tarball(&tarball, &t.path().join("dst")).unwrap_err();
+        let err = from_tarball(&tarball, &t.path().join("dst"), &[], false).unwrap_err();
         assert!(format!("{err:#}").contains("is a symbolic link"), "{err:#}");
         assert!(!outside.join("fifo").exists());
     }

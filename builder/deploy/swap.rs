@@ -227,6 +227,29 @@ impl NfsDir {
         Ok(out)
     }
 
+    /// The deployed trees (`pN`, `pN.prev`), those of `pname` first: the
+    /// trees a new one shares identical files with.
+    pub fn trees(&self, pname: &str) -> Result<Vec<PathBuf>> {
+        let is_tree = |n: &str| {
+            let n = n.strip_suffix(".prev").unwrap_or(n);
+            n.strip_prefix('p')
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let mut names = Vec::new();
+        for e in
+            fs::read_dir(&self.path).with_context(|| format!("listing {}", self.path.display()))?
+        {
+            let e = e.with_context(|| format!("listing {}", self.path.display()))?;
+            let n = e.file_name().to_string_lossy().into_owned();
+            if is_tree(&n) && e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                names.push(n);
+            }
+        }
+        let own = [pname.to_string(), format!("{pname}.prev")];
+        names.sort_by_key(|n| (!own.contains(n), n.clone()));
+        Ok(names.iter().map(|n| self.join(n)).collect())
+    }
+
     pub fn remove_stale(&self, name: &str) -> Result<()> {
         remove_tree(&self.join(name))
     }

@@ -27,6 +27,9 @@ use std::path::{Path, PathBuf};
 pub struct LinkPolicy {
     top: Vec<OsString>,
     all: bool,
+    /// Top-level directories whose files are linked except text files
+    /// (`*.txt`), which stay private copies.
+    binaries: Vec<OsString>,
 }
 
 impl LinkPolicy {
@@ -40,6 +43,7 @@ impl LinkPolicy {
         LinkPolicy {
             top: dirs.into_iter().map(|d| d.as_ref().to_owned()).collect(),
             all: false,
+            binaries: Vec::new(),
         }
     }
 
@@ -49,7 +53,16 @@ impl LinkPolicy {
         LinkPolicy {
             top: vec![],
             all: true,
+            binaries: Vec::new(),
         }
+    }
+
+    /// Also hardlink the regular files below the top-level directory `dir`,
+    /// except text files (`*.txt`, the ones written in place by `cat >` or
+    /// an editor); the caller says why that is safe for `dir`.
+    pub fn and_binaries_under<S: AsRef<OsStr>>(mut self, dir: S) -> LinkPolicy {
+        self.binaries.push(dir.as_ref().to_owned());
+        self
     }
 
     /// Whether a regular file at `rel` (relative to the tree root) is
@@ -59,10 +72,17 @@ impl LinkPolicy {
             return true;
         }
         let mut c = rel.components();
-        match (c.next(), c.next()) {
-            (Some(top), Some(_)) => self.top.iter().any(|t| top.as_os_str() == t),
-            _ => false,
+        let (Some(top), Some(_)) = (c.next(), c.next()) else {
+            return false;
+        };
+        let top = top.as_os_str();
+        if self.top.iter().any(|t| top == t) {
+            return true;
         }
+        self.binaries.iter().any(|t| top == t)
+            && !rel
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
     }
 }
 
@@ -105,11 +125,19 @@ pub fn copy_tree(src: &Path, dst: &Path, policy: &LinkPolicy) -> Result<CopyStat
             .strip_prefix(src)
             .expect("the walk stays under its root");
         let to = dst.join(rel);
+        stats.entries += 1;
+        // The walk's own file type (from the directory entry, no lstat):
+        // a linked file, most of a tree, needs nothing more than link(2).
+        if e.file_type().is_file() && policy.links(rel) {
+            fs::hard_link(from, &to)
+                .with_context(|| format!("linking {} to {}", to.display(), from.display()))?;
+            stats.linked += 1;
+            continue;
+        }
         let meta = from
             .symlink_metadata()
             .with_context(|| format!("reading {}", from.display()))?;
         let ft = meta.file_type();
-        stats.entries += 1;
         if ft.is_dir() {
             fs::create_dir(&to).with_context(|| format!("creating {}", to.display()))?;
             dirs.push((to, Attrs::of(from, &meta)?));
@@ -118,12 +146,6 @@ pub fn copy_tree(src: &Path, dst: &Path, policy: &LinkPolicy) -> Result<CopyStat
         }
         if ft.is_socket() {
             tracing::debug!("skipping the socket {}", from.display());
-            continue;
-        }
-        if ft.is_file() && policy.links(rel) {
-            fs::hard_link(from, &to)
-                .with_context(|| format!("linking {} to {}", to.display(), from.display()))?;
-            stats.linked += 1;
             continue;
         }
         let inode = (meta.dev(), meta.ino());
@@ -287,5 +309,13 @@ mod tests {
         // A file named like a linked directory, at the top, is copied.
         assert!(!LinkPolicy::link_top(["usr"]).links(Path::new("usr")));
         assert!(LinkPolicy::link_top(["usr"]).links(Path::new("usr/f")));
+        // Below a binaries directory, text files stay private.
+        let p = LinkPolicy::link_top(["usr"]).and_binaries_under("boot");
+        assert!(p.links(Path::new("boot/firmware/vmlinuz-6.1.0-50-arm64")));
+        assert!(p.links(Path::new("boot/firmware/overlays/a.dtbo")));
+        assert!(!p.links(Path::new("boot/firmware/config.txt")));
+        assert!(!p.links(Path::new("boot/firmware/CMDLINE.TXT")));
+        assert!(!p.links(Path::new("boot")));
+        assert!(!p.links(Path::new("etc/boot/x")));
     }
 }

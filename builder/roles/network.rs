@@ -217,6 +217,13 @@ pub fn apply(ctx: &RoleCtx, t: &mut Templates, w: &mut TreeWriter) -> Result<()>
         apply_lan(plan, lan, t, w)?;
     }
 
+    if plan.usbboot.is_some() {
+        // deploy shares identical boot files between the Zeros' trees;
+        // these hooks break the sharing before raspi-firmware writes them
+        // in place on the Zero (see overlays/roles/boot_unshare/).
+        t.apply(w, "boot_unshare", json!({}))?;
+    }
+
     if plan.zero_route.is_some() {
         // A unit rather than ifupdown or NetworkManager configuration, so
         // the route works whichever network stack the base uses.

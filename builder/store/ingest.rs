@@ -85,6 +85,13 @@ impl<R> HashingReader<R> {
     }
 }
 
+/// Memory the threaded xz decoder may use for its threads' blocks. Each
+/// thread holds a whole block, compressed and decoded (24 MiB decoded for
+/// the Pi fixture's blocks); past this limit liblzma runs fewer threads, down
+/// to one, instead of growing: every command stays under 150 MiB whatever
+/// the archive's block size (issue 16).
+const XZ_THREADING_MEMLIMIT: u64 = 96 << 20;
+
 enum Decoder<R: BufRead> {
     Plain(R),
     Xz(liblzma::bufread::XzDecoder<R>),
@@ -105,7 +112,7 @@ impl<R: BufRead> Decoder<R> {
                 // in parallel with our writing.
                 let stream = liblzma::stream::MtStreamBuilder::new()
                     .threads(threads)
-                    .memlimit_threading(4 << 30)
+                    .memlimit_threading(XZ_THREADING_MEMLIMIT)
                     .memlimit_stop(u64::MAX)
                     .decoder()
                     .context("starting the xz decoder")?;

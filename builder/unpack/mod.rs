@@ -23,18 +23,20 @@
 //! first, because writing into a directory changes its mtime (and a
 //! read-only directory could not be written into at all).
 
+mod share;
 mod tar_entries;
 
-pub use tar_entries::{unpack_tar, Entry};
+pub use share::{Donors, ShareStats};
+pub use tar_entries::{unpack_tar, unpack_tar_sharing, Entry};
 
 use anyhow::{bail, Context, Result};
 use filetime::FileTime;
 use nix::sys::stat::{Mode, SFlag};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// What an archive entry is.
@@ -91,6 +93,10 @@ pub struct Unpacker {
     deferred: Vec<(PathBuf, Attrs)>,
     privileged: bool,
     buf: Vec<u8>,
+    /// Trees whose identical files are linked instead of written.
+    donors: Option<Donors>,
+    /// The donor's bytes, compared with `buf`.
+    theirs: Vec<u8>,
     pub skipped: Skipped,
 }
 
@@ -124,8 +130,22 @@ impl Unpacker {
             deferred: vec![],
             privileged: crate::fs::is_root(),
             buf: vec![0; 1 << 17],
+            donors: None,
+            theirs: Vec::new(),
             skipped: Skipped::default(),
         }
+    }
+
+    /// Link a regular file to an identical one of these trees instead of
+    /// writing it (see [`share`]).
+    pub fn sharing(mut self, donors: Donors) -> Unpacker {
+        self.donors = Some(donors);
+        self
+    }
+
+    /// What was shared with donor trees so far.
+    pub fn share_stats(&self) -> ShareStats {
+        self.donors.as_ref().map(|d| d.stats).unwrap_or_default()
     }
 
     /// Make sure every parent component of `rel` is a real directory under
@@ -212,6 +232,43 @@ impl Unpacker {
     ) -> Result<()> {
         self.prepare_parent(rel, true)?;
         let full = self.root.join(rel);
+        // A donor's copy, how many leading bytes of it match the archive,
+        // and how many bytes of `buf` (read from the archive) follow them.
+        let mut start: Option<(File, u64, usize)> = None;
+        let candidate = self
+            .donors
+            .as_ref()
+            .and_then(|d| d.candidate(rel, attrs, size));
+        if let Some(donor) = candidate {
+            let (matched, pending) =
+                share::compare(&donor, data, size, &mut self.buf, &mut self.theirs)?;
+            match pending {
+                None => {
+                    let linked = match share::link_open(&donor, &full) {
+                        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                            self.remove_existing(rel)?;
+                            share::link_open(&donor, &full)
+                        }
+                        r => r,
+                    };
+                    match linked {
+                        Ok(()) => {
+                            if let Some(d) = self.donors.as_mut() {
+                                d.counted(size);
+                            }
+                            return Ok(());
+                        }
+                        // Another file system, or the inode's link limit:
+                        // write the (identical) bytes instead.
+                        Err(e) => {
+                            tracing::debug!("not sharing {}: {e}", full.display());
+                            start = Some((donor, matched, 0));
+                        }
+                    }
+                }
+                Some(n) => start = Some((donor, matched, n)),
+            }
+        }
         let open = || {
             OpenOptions::new()
                 .write(true)
@@ -229,6 +286,24 @@ impl Unpacker {
         }
         .with_context(|| format!("creating {}", full.display()))?;
         let mut copied = 0u64;
+        if let Some((donor, matched, pending)) = start {
+            // The archive's bytes already read: the donor's matching
+            // prefix, then the chunk that differed.
+            let mut pos = 0u64;
+            self.theirs.resize(self.buf.len(), 0);
+            while pos < matched {
+                let n = (matched - pos).min(self.theirs.len() as u64) as usize;
+                donor
+                    .read_exact_at(&mut self.theirs[..n], pos)
+                    .context("reading a donor file")?;
+                f.write_all(&self.theirs[..n])
+                    .with_context(|| format!("writing {}", full.display()))?;
+                pos += n as u64;
+            }
+            f.write_all(&self.buf[..pending])
+                .with_context(|| format!("writing {}", full.display()))?;
+            copied = matched + pending as u64;
+        }
         loop {
             let n = match data.read(&mut self.buf) {
                 Ok(0) if copied < size => {
@@ -371,7 +446,7 @@ pub fn display_name(rel: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
     fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
         let mut h = tar::Header::new_gnu();
@@ -480,6 +555,75 @@ mod tests {
             assert!(msg.contains("is a symbolic link"), "{msg}");
             assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "{second:?}");
         }
+    }
+
+    #[test]
+    fn identical_files_are_linked_to_donors_and_the_rest_written() {
+        use tar::EntryType as T;
+        let t = tempfile::tempdir().unwrap();
+        let (uid, gid) = (
+            u64::from(nix::unistd::geteuid().as_raw()),
+            u64::from(nix::unistd::getegid().as_raw()),
+        );
+        // A file longer than the copy buffer that differs only at its end.
+        let long: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut long_old = long.clone();
+        *long_old.last_mut().unwrap() ^= 1;
+        let files: [(&str, &[u8], &[u8]); 5] = [
+            ("usr/same", b"same bytes", b"same bytes"),
+            ("usr/differs", b"new!", b"old!"),
+            ("usr/long", &long, &long_old),
+            ("etc/same", b"private", b"private"),
+            ("usr/lib/f", b"outside", b"outside"),
+        ];
+        let donor = t.path().join("donor");
+        let outside = t.path().join("outside");
+        fs::create_dir_all(donor.join("usr")).unwrap();
+        fs::create_dir_all(donor.join("etc")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        // A node's own symlink must not lead the deploy out of its tree.
+        std::os::unix::fs::symlink(&outside, donor.join("usr/lib")).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, new, old) in files {
+            let mut h = header(T::Regular, 0o644, new.len() as u64);
+            h.set_uid(uid);
+            h.set_gid(gid);
+            b.append_data(&mut h, name, new).unwrap();
+            let at = match name {
+                "usr/lib/f" => outside.join("f"),
+                n => donor.join(n),
+            };
+            fs::write(&at, old).unwrap();
+            fs::set_permissions(&at, fs::Permissions::from_mode(0o644)).unwrap();
+            let when = FileTime::from_unix_time(1_700_000_000, 0);
+            filetime::set_file_mtime(&at, when).unwrap();
+        }
+        let root = t.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let data = b.into_inner().unwrap();
+        let donors = Donors::open(
+            &[t.path().join("missing"), donor.clone()],
+            crate::fs::LinkPolicy::link_top(["usr"]),
+        )
+        .unwrap();
+        let stats = unpack_tar_sharing(
+            &mut tar::Archive::new(&data[..]),
+            &root,
+            Path::new("t.tar"),
+            donors,
+            |_| Ok(()),
+        )
+        .unwrap();
+        let ino = |p: &Path| p.symlink_metadata().unwrap().ino();
+        assert_eq!(ino(&root.join("usr/same")), ino(&donor.join("usr/same")));
+        assert_eq!(stats.linked, 1);
+        for (name, new, _) in files {
+            assert_eq!(fs::read(root.join(name)).unwrap(), new, "{name}");
+            if name != "usr/same" {
+                assert_eq!(root.join(name).symlink_metadata().unwrap().nlink(), 1);
+            }
+        }
+        assert_eq!(fs::read(donor.join("usr/differs")).unwrap(), b"old!");
     }
 
     #[test]

@@ -31,9 +31,29 @@ pub fn unpack_tar<R: Read>(
     ar: &mut tar::Archive<R>,
     root: &Path,
     archive: &Path,
-    mut each: impl FnMut(Entry) -> Result<()>,
+    each: impl FnMut(Entry) -> Result<()>,
 ) -> Result<()> {
-    let mut unpacker = Unpacker::new(root);
+    unpack_with(Unpacker::new(root), ar, archive, each).map(|_| ())
+}
+
+/// [`unpack_tar`], linking each regular file that `donors` already hold
+/// byte for byte (with the same metadata) instead of writing it.
+pub fn unpack_tar_sharing<R: Read>(
+    ar: &mut tar::Archive<R>,
+    root: &Path,
+    archive: &Path,
+    donors: super::Donors,
+    each: impl FnMut(Entry) -> Result<()>,
+) -> Result<super::ShareStats> {
+    unpack_with(Unpacker::new(root).sharing(donors), ar, archive, each)
+}
+
+fn unpack_with<R: Read>(
+    mut unpacker: Unpacker,
+    ar: &mut tar::Archive<R>,
+    archive: &Path,
+    mut each: impl FnMut(Entry) -> Result<()>,
+) -> Result<super::ShareStats> {
     let context = || format!("reading the archive {}", archive.display());
     for entry in ar.entries().with_context(context)? {
         let mut entry = entry.with_context(context)?;
@@ -45,6 +65,7 @@ pub fn unpack_tar<R: Read>(
             each(rec)?;
         }
     }
+    let shared = unpacker.share_stats();
     // Directory metadata is applied last: its errors need the name too.
     let skipped = unpacker
         .finish()
@@ -56,7 +77,7 @@ pub fn unpack_tar<R: Read>(
             skipped.xattrs
         );
     }
-    Ok(())
+    Ok(shared)
 }
 
 /// Unpack one entry; None for pax global headers.

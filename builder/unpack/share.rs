@@ -1,0 +1,160 @@
+//! Sharing an archive's files with trees already on disk instead of writing
+//! them again: deploy stages a Zero's tarball next to the trees of the
+//! other Zeros (and its own previous tree), which come from the same base,
+//! so most of their package files are already there byte for byte. A file
+//! is shared (hardlinked) only when a donor tree has it at the same path
+//! with the same size, owner, mode, mtime and xattrs, and the same bytes,
+//! compared while the archive streams by; whatever differs is written as
+//! usual. Which paths may be shared at all is the caller's policy.
+//!
+//! Donor trees are not trusted more than the archive: a path is opened
+//! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` below the donor's
+//! root, so a symlink a node left in its own tree cannot lead outside it,
+//! and the inode that was compared is the one linked (through its open
+//! descriptor), not whatever the path names a moment later.
+
+use super::Attrs;
+use crate::fs::LinkPolicy;
+use anyhow::{Context, Result};
+use rustix::fs::{openat2, AtFlags, Mode, OFlags, ResolveFlags, CWD};
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use xattr::FileExt as _;
+
+/// Trees whose files a new tree may share, and which paths it may share.
+pub struct Donors {
+    roots: Vec<(PathBuf, OwnedFd)>,
+    policy: LinkPolicy,
+    pub stats: ShareStats,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShareStats {
+    /// Files hardlinked to a donor instead of written.
+    pub linked: u64,
+    pub linked_bytes: u64,
+}
+
+impl Donors {
+    /// The existing directories of `roots`, in order of preference.
+    pub fn open(roots: &[PathBuf], policy: LinkPolicy) -> Result<Donors> {
+        let mut open = Vec::new();
+        for r in roots {
+            match File::open(r) {
+                Ok(f) if f.metadata().map(|m| m.is_dir()).unwrap_or(false) => {
+                    open.push((r.clone(), OwnedFd::from(f)))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("opening {}", r.display())),
+            }
+        }
+        Ok(Donors {
+            roots: open,
+            policy,
+            stats: ShareStats::default(),
+        })
+    }
+
+    /// A donor file that matches the entry's metadata, when the policy
+    /// lets `rel` be shared.
+    pub(super) fn candidate(&self, rel: &Path, attrs: &Attrs, size: u64) -> Option<File> {
+        if !self.policy.links(rel) {
+            return None;
+        }
+        self.roots.iter().find_map(|(_, dir)| {
+            let fd = openat2(
+                dir,
+                rel,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+            )
+            .ok()?;
+            let f = File::from(fd);
+            same_metadata(&f, attrs, size).then_some(f)
+        })
+    }
+
+    pub(super) fn counted(&mut self, size: u64) {
+        self.stats.linked += 1;
+        self.stats.linked_bytes += size;
+    }
+}
+
+fn same_metadata(f: &File, attrs: &Attrs, size: u64) -> bool {
+    let Ok(m) = f.metadata() else {
+        return false;
+    };
+    if !m.is_file()
+        || m.len() != size
+        || m.mode() & 0o7777 != attrs.mode & 0o7777
+        || u64::from(m.uid()) != attrs.uid
+        || u64::from(m.gid()) != attrs.gid
+        || m.mtime() != attrs.mtime
+        || m.mtime_nsec() != i64::from(attrs.mtime_nsec)
+    {
+        return false;
+    }
+    let Ok(names) = f.list_xattr() else {
+        return attrs.xattrs.is_empty();
+    };
+    let mut have = Vec::new();
+    for n in names {
+        match f.get_xattr(&n) {
+            Ok(Some(v)) => have.push((n.to_string_lossy().into_owned(), v)),
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+    }
+    have.sort();
+    let mut want = attrs.xattrs.clone();
+    want.sort();
+    have == want
+}
+
+/// Compare the next `size` bytes of `data` with `donor`. Returns how many
+/// leading bytes matched and, on a mismatch, the chunk of `data` that
+/// differed (already consumed from `data`), so the caller can write the
+/// file from the donor's matching prefix, that chunk and the rest of
+/// `data`.
+pub(super) fn compare(
+    donor: &File,
+    data: &mut impl Read,
+    size: u64,
+    buf: &mut [u8],
+    theirs: &mut Vec<u8>,
+) -> Result<(u64, Option<usize>)> {
+    let mut pos = 0u64;
+    loop {
+        let n = match data.read(buf) {
+            Ok(0) if pos < size => {
+                anyhow::bail!("the archive ends inside this file ({pos} of {size} bytes)")
+            }
+            Ok(0) => return Ok((pos, None)),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("reading the archive"),
+        };
+        theirs.resize(n, 0);
+        let same = pos + n as u64 <= size
+            && donor.read_exact_at(theirs, pos).is_ok()
+            && theirs[..] == buf[..n];
+        if !same {
+            return Ok((pos, Some(n)));
+        }
+        pos += n as u64;
+    }
+}
+
+/// Hardlink `donor` (an open descriptor) at `to`: through
+/// `/proc/self/fd` with AT_SYMLINK_FOLLOW, which links the open inode
+/// itself.
+pub(super) fn link_open(donor: &File, to: &Path) -> std::io::Result<()> {
+    let proc = format!("/proc/self/fd/{}", donor.as_raw_fd());
+    rustix::fs::linkat(CWD, proc.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW)
+        .map_err(std::io::Error::from)
+}
