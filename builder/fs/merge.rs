@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Counts of what a merge did.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct MergeStats {
     /// Files, symlinks and device nodes moved in from the upper directory.
     pub moved: u64,
@@ -25,6 +25,9 @@ pub struct MergeStats {
     /// Paths the layer deleted.
     pub deleted: u64,
     pub dirs: u64,
+    /// The regular files moved in, relative to the root.
+    #[serde(skip)]
+    pub files: Vec<PathBuf>,
 }
 
 const OVERLAY_XATTR: &str = "trusted.overlay.";
@@ -134,6 +137,7 @@ pub fn merge_upper(upper: &Path, dest: &Path, skip: &[&str]) -> Result<MergeStat
         stats.moved += 1;
         if meta.is_file() {
             stats.moved_bytes += meta.len();
+            stats.files.push(rel.to_path_buf());
         }
     }
     // Deepest first, after every entry is in: adding entries changes a
@@ -142,6 +146,84 @@ pub fn merge_upper(upper: &Path, dest: &Path, skip: &[&str]) -> Result<MergeStat
         attrs.apply(dir, false)?;
     }
     Ok(stats)
+}
+
+/// Whether two files hold the same bytes.
+fn same_content(a: &Path, b: &Path) -> Result<bool> {
+    use std::io::Read;
+    let open = |p: &Path| fs::File::open(p).with_context(|| format!("opening {}", p.display()));
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = fa
+            .read(&mut ba)
+            .with_context(|| format!("reading {}", a.display()))?;
+        let mut m = 0;
+        while m < n {
+            let k = fb
+                .read(&mut bb[m..n])
+                .with_context(|| format!("reading {}", b.display()))?;
+            if k == 0 {
+                return Ok(false);
+            }
+            m += k;
+        }
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Replace each of `files` (relative to `tree`) by a hardlink to the file
+/// at the same path in one of `donors` (other trees of the same store)
+/// when that file has the same bytes, owner, mode, mtime and xattrs: two
+/// package layers that install the same package (docker.io for the LAN
+/// Pis and for the management node) then hold its files once. Files that
+/// are already hardlinked within `tree` are left alone. Returns the bytes
+/// shared.
+pub fn link_identical(tree: &Path, files: &[PathBuf], donors: &[PathBuf]) -> Result<u64> {
+    let mut shared = 0;
+    for rel in files {
+        let p = tree.join(rel);
+        let Ok(m) = p.symlink_metadata() else {
+            continue;
+        };
+        if !m.is_file() || m.nlink() > 1 || m.len() == 0 {
+            continue;
+        }
+        for d in donors {
+            let q = d.join(rel);
+            let Ok(n) = q.symlink_metadata() else {
+                continue;
+            };
+            let same_meta = n.is_file()
+                && n.dev() == m.dev()
+                && n.len() == m.len()
+                && n.mode() == m.mode()
+                && (n.uid(), n.gid()) == (m.uid(), m.gid())
+                && (n.mtime(), n.mtime_nsec()) == (m.mtime(), m.mtime_nsec());
+            if !same_meta
+                || super::read_xattrs(&q)? != super::read_xattrs(&p)?
+                || !same_content(&p, &q)?
+            {
+                continue;
+            }
+            // Linked beside, then renamed over: the path always names a
+            // whole file.
+            let name = p.file_name().expect("a file has a name").to_string_lossy();
+            let tmp = p.with_file_name(format!(".{name}.chbuild-link"));
+            fs::hard_link(&q, &tmp)
+                .with_context(|| format!("linking {} to {}", tmp.display(), q.display()))?;
+            fs::rename(&tmp, &p)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), p.display()))?;
+            shared += m.len();
+            break;
+        }
+    }
+    Ok(shared)
 }
 
 #[cfg(test)]
@@ -186,5 +268,33 @@ mod tests {
         assert!(dest.join("var/lib/apt/lists").is_dir());
         assert!(!dest.join("var/lib/apt/lists/big").exists());
         assert_eq!((s.moved, s.deleted), (2, 1));
+    }
+
+    #[test]
+    fn identical_files_are_linked_and_others_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        for d in [&a, &b] {
+            fs::create_dir_all(d.join("usr/bin")).unwrap();
+        }
+        fs::write(a.join("usr/bin/same"), "docker").unwrap();
+        fs::write(b.join("usr/bin/same"), "docker").unwrap();
+        fs::write(a.join("usr/bin/other"), "one").unwrap();
+        fs::write(b.join("usr/bin/other"), "two").unwrap();
+        let t0 = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+        for p in ["usr/bin/same", "usr/bin/other"] {
+            filetime::set_file_mtime(a.join(p), t0).unwrap();
+            filetime::set_file_mtime(b.join(p), t0).unwrap();
+        }
+        let files = vec![
+            PathBuf::from("usr/bin/same"),
+            PathBuf::from("usr/bin/other"),
+        ];
+        let shared = link_identical(&b, &files, &[a.clone()]).unwrap();
+        assert_eq!(shared, 6);
+        let ino = |p: PathBuf| p.symlink_metadata().unwrap().ino();
+        assert_eq!(ino(a.join("usr/bin/same")), ino(b.join("usr/bin/same")));
+        assert_ne!(ino(a.join("usr/bin/other")), ino(b.join("usr/bin/other")));
+        assert_eq!(fs::read_to_string(b.join("usr/bin/other")).unwrap(), "two");
     }
 }

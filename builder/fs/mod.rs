@@ -18,7 +18,7 @@ mod merge;
 mod new;
 
 pub use copy::{copy_tree, CopyStats, LinkPolicy};
-pub use merge::{merge_upper, MergeStats};
+pub use merge::{link_identical, merge_upper, MergeStats};
 pub use new::{symlink_new, write_new, Durability, Inode, NewFile};
 
 use anyhow::{Context, Result};

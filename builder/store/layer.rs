@@ -56,7 +56,8 @@ pub struct LayerMeta {
     pub packages: Vec<String>,
     /// Every package the layer installed, with its version.
     pub installed: Vec<String>,
-    /// Bytes of the files the layer added or replaced.
+    /// Bytes of the files the layer added or replaced, without those it
+    /// shares with other layers.
     pub size: u64,
     pub seconds: f64,
 }
@@ -450,6 +451,16 @@ impl LayerBuild<'_> {
             &["var/cache/apt/archives", "var/lib/apt/lists"],
         )
         .with_context(|| format!("folding the layer into {}", tree.display()))?;
+        // Another layer of this base may have installed the same packages
+        // on another parent: share its files instead of storing them twice.
+        let donors: Vec<PathBuf> = self
+            .store
+            .layers()?
+            .into_iter()
+            .filter(|l| l.base == self.base.digest)
+            .map(|l| self.store.layers_dir().join(&l.key).join(TREE))
+            .collect();
+        let shared = crate::fs::link_identical(&tree, &stats.files, &donors)?;
         for d in [&upper, &work, &merged, &sources] {
             remove_tree(d)?;
         }
@@ -462,7 +473,7 @@ impl LayerBuild<'_> {
             sources: self.sources.to_string(),
             packages: self.packages.to_vec(),
             installed,
-            size: stats.moved_bytes,
+            size: stats.moved_bytes - shared,
             seconds: started.elapsed().as_secs_f64(),
         };
         progress.finish();
