@@ -290,7 +290,7 @@ mod tests {
             PathBuf::from("usr/bin/same"),
             PathBuf::from("usr/bin/other"),
         ];
-        let shared = link_identical(&b, &files, &[a.clone()]).unwrap();
+        let shared = link_identical(&b, &files, std::slice::from_ref(&a)).unwrap();
         assert_eq!(shared, 6);
         let ino = |p: PathBuf| p.symlink_metadata().unwrap().ino();
         assert_eq!(ino(a.join("usr/bin/same")), ino(b.join("usr/bin/same")));
