@@ -35,26 +35,20 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn bytes(label: &str, len: Option<u64>) -> Progress {
-        let bar = if std::io::stderr().is_terminal() && tracing::enabled!(tracing::Level::INFO) {
-            let b = match len {
-                Some(l) => ProgressBar::new(l),
-                None => ProgressBar::new_spinner(),
-            };
-            b.set_draw_target(ProgressDrawTarget::stderr());
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{msg:24} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-                )
-                .unwrap()
-                .progress_chars("=> "),
-            );
-            b.set_message(label.to_string());
-            b.enable_steady_tick(Duration::from_millis(200));
-            Some(b)
-        } else {
-            None
-        };
+    /// A bar or spinner drawn on stderr when it is a terminal (and INFO
+    /// is shown); none in logs and CI.
+    fn drawn(make: impl FnOnce() -> ProgressBar, style: ProgressStyle) -> Option<ProgressBar> {
+        if !(std::io::stderr().is_terminal() && tracing::enabled!(tracing::Level::INFO)) {
+            return None;
+        }
+        let bar = make();
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+        bar.set_style(style);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Some(bar)
+    }
+
+    fn new(bar: Option<ProgressBar>, label: &str, len: Option<u64>) -> Progress {
         Progress {
             bar,
             label: label.to_string(),
@@ -64,29 +58,33 @@ impl Progress {
         }
     }
 
+    pub fn bytes(label: &str, len: Option<u64>) -> Progress {
+        let make = || match len {
+            Some(l) => ProgressBar::new(l),
+            None => ProgressBar::new_spinner(),
+        };
+        let style = ProgressStyle::with_template(
+            "{msg:24} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap()
+        .progress_chars("=> ");
+        let bar = Self::drawn(make, style);
+        if let Some(b) = &bar {
+            b.set_message(label.to_string());
+        }
+        Progress::new(bar, label, len)
+    }
+
     /// A spinner for long work without a count (a package layer's apt
     /// and dpkg steps): on a terminal it shows the current step, in logs
     /// each step is one line at debug level.
     pub fn steps(label: &str) -> Progress {
-        let bar = if std::io::stderr().is_terminal() && tracing::enabled!(tracing::Level::INFO) {
-            let b = ProgressBar::new_spinner();
-            b.set_draw_target(ProgressDrawTarget::stderr());
-            b.set_style(
-                ProgressStyle::with_template("{spinner} {prefix}: {msg} ({elapsed})").unwrap(),
-            );
+        let style = ProgressStyle::with_template("{spinner} {prefix}: {msg} ({elapsed})").unwrap();
+        let bar = Self::drawn(ProgressBar::new_spinner, style);
+        if let Some(b) = &bar {
             b.set_prefix(label.to_string());
-            b.enable_steady_tick(Duration::from_millis(200));
-            Some(b)
-        } else {
-            None
-        };
-        Progress {
-            bar,
-            label: label.to_string(),
-            last_log: Instant::now(),
-            pos: 0,
-            len: None,
         }
+        Progress::new(bar, label, None)
     }
 
     /// Name the step now under way.
