@@ -320,6 +320,16 @@ pub fn project_root(file: &Path) -> PathBuf {
 }
 
 /// Read and validate a profile file.
+/// The shipped default profile, for unit tests.
+#[cfg(test)]
+pub(crate) fn default_profile_for_tests() -> Profile {
+    load_profile(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/profiles/clusterhat.toml"
+    )))
+    .unwrap()
+}
+
 pub fn load_profile(path: &Path) -> anyhow::Result<Profile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -680,14 +680,9 @@ impl Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     fn profile() -> Profile {
-        crate::profile::load_profile(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/profiles/clusterhat.toml"
-        )))
-        .unwrap()
+        crate::profile::default_profile_for_tests()
     }
 
     fn set_suite(p: &mut Profile, suite: &str) {

@@ -99,14 +99,9 @@ fn split_number(s: &str) -> Option<(&str, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     fn profile() -> Profile {
-        crate::profile::load_profile(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/profiles/clusterhat.toml"
-        )))
-        .unwrap()
+        crate::profile::default_profile_for_tests()
     }
 
     fn sel(s: &[&str]) -> Result<Vec<String>> {
