@@ -223,6 +223,20 @@ fn start_keys(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec
 /// plans need different sets, what they all share is built first, as a
 /// layer the others are built on: installed once, its files shared.
 pub fn start_trees(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec<BaseTree>> {
+    if let Some(common) = shared_set(base, plans)? {
+        let arch = plans[0].architecture;
+        store.ensure_layer(base, arch, &common, &package_origins(plans))?;
+    }
+    plans
+        .iter()
+        .map(|p| store.ensure_layer(base, p.architecture, &p.packages, &package_origins(&[p])))
+        .collect()
+}
+
+/// The packages every plan needs and `base` lacks, when the plans need
+/// different sets and that shared part is a layer of its own (none is
+/// one of the plans' sets).
+fn shared_set(base: &BaseTree, plans: &[&NodePlan]) -> Result<Option<Vec<String>>> {
     let mut sets: Vec<Vec<String>> = plans
         .iter()
         .map(|p| crate::store::layer::missing(&base.root, &p.packages))
@@ -230,21 +244,15 @@ pub fn start_trees(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Resul
     sets.retain(|s| !s.is_empty());
     sets.sort();
     sets.dedup();
-    if sets.len() > 1 {
-        let common: Vec<String> = sets[0]
-            .iter()
-            .filter(|p| sets.iter().all(|s| s.contains(p)))
-            .cloned()
-            .collect();
-        if !common.is_empty() && !sets.contains(&common) {
-            let arch = plans[0].architecture;
-            store.ensure_layer(base, arch, &common, &package_origins(plans))?;
-        }
+    if sets.len() < 2 {
+        return Ok(None);
     }
-    plans
+    let common: Vec<String> = sets[0]
         .iter()
-        .map(|p| store.ensure_layer(base, p.architecture, &p.packages, &package_origins(&[p])))
-        .collect()
+        .filter(|p| sets.iter().all(|s| s.contains(p)))
+        .cloned()
+        .collect();
+    Ok((!common.is_empty() && !sets.contains(&common)).then_some(common))
 }
 
 /// What `store gc` keeps for a profile: its bases and the package layers
@@ -262,17 +270,9 @@ pub fn store_keep(profile: &Profile, store: &Store) -> Result<Vec<String>> {
             let plans = plans_of(&tree);
             keep.extend(start_keys(store, &tree, &plans.iter().collect::<Vec<_>>())?);
             // The shared layer the nodes' layers were built on.
-            let sets: Vec<Vec<String>> = plans
-                .iter()
-                .map(|p| crate::store::layer::missing(&tree.root, &p.packages))
-                .collect::<Result<_>>()?;
-            if let (Some(first), Some(p)) = (sets.first(), plans.first()) {
-                let common: Vec<String> = first
-                    .iter()
-                    .filter(|x| sets.iter().all(|s| s.contains(x)))
-                    .cloned()
-                    .collect();
-                if let Some(k) = store.layer_key(&tree, p.architecture, &common)? {
+            let plans: Vec<&NodePlan> = plans.iter().collect();
+            if let Some(common) = shared_set(&tree, &plans)? {
+                if let Some(k) = store.layer_key(&tree, plans[0].architecture, &common)? {
                     keep.push(k);
                 }
             }
