@@ -242,8 +242,10 @@ impl Profile {
         plan.slurm = cp.slurm;
         plan.zero_route = None;
         // ClusterCTRL's image configures its own interfaces (the Zeros'
-        // bridge and NAT on top of the LAN): chbuild leaves them alone.
-        plan.lan = None;
+        // bridges and NAT on top of the LAN), and then the network role
+        // leaves them alone; on a base without ClusterCTRL it writes the
+        // LAN interface and the Zeros' side itself (see roles::usbhost).
+        plan.usbhost = Some(super::plan::UsbHostPlan::of(self));
         plan.nfs_role = None;
         plan.nfs_server_address = None;
         plan.k3s_role = None;
@@ -257,6 +259,13 @@ impl Profile {
         plan.package_origins.clear();
         super::plan::add_packages(&mut plan, self, &node);
         plan.add_packages("the controller's roles", &cp.packages);
+        // It serves the Zeros' roots (ClusterCTRL's image has it already).
+        if plan.usbhost.as_ref().is_some_and(|u| !u.links.is_empty()) {
+            plan.add_packages(
+                "the controller's Zero side",
+                &[crate::roles::usbhost::NFS_SERVER_PACKAGE.to_string()],
+            );
+        }
         Some(plan)
     }
 }

@@ -174,6 +174,10 @@ pub struct NodePlan {
     pub nfs_export_networks: Vec<String>,
     /// LAN nodes reach the Zeros through the controller.
     pub zero_route: Option<RoutePlan>,
+    /// The controller's card only: its side of the Zeros' USB links, for
+    /// a base without ClusterCTRL (which sets them up itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usbhost: Option<UsbHostPlan>,
     /// Every package the node needs, baked into its tree at build time:
     /// the profile's lists, then what its roles need.
     pub packages: Vec<String>,
@@ -247,6 +251,68 @@ impl K3sDownload {
             version: version.to_string(),
             url: format!("{K3S_RELEASES}/{}/{file}", version.replace('+', "%2B")),
             sha256: sha256.to_string(),
+        }
+    }
+}
+
+/// What ClusterCTRL does on the controller for its Zeros, for a
+/// controller base without ClusterCTRL: the USB network of each Zero
+/// named by its gadget's address, the untagged Zero network and the NFS
+/// VLAN as bridges, forwarding between them and the LAN, and the export
+/// of each Zero's root.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsbHostPlan {
+    /// The controller on the untagged Zero network, with its prefix.
+    pub zero_address: Ipv4Addr,
+    pub zero_prefix: u8,
+    /// The controller on the NFS VLAN, with its prefix.
+    pub nfs_address: Ipv4Addr,
+    pub nfs_prefix: u8,
+    /// Where the Zeros' roots live (`/var/lib/clusterctrl/nfs`).
+    pub nfs_root: String,
+    pub links: Vec<UsbLink>,
+}
+
+/// One Zero's USB link as the controller sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsbLink {
+    pub node: String,
+    pub slot: u8,
+    /// `ethupiN`, ClusterCTRL's name for the link.
+    pub interface: String,
+    /// The controller-side MAC the Zero's gadget gives the link
+    /// (`00:22:82:ff:fe:NN`, NN = N in hex, as ClusterCTRL's gadget does).
+    pub host_mac: String,
+    /// `/var/lib/clusterctrl/nfs/pN`, exported to the Zero's VLAN address.
+    pub export: String,
+    pub nfs_client: Ipv4Addr,
+}
+
+/// The NFS directory of every slot, as ClusterCTRL names it.
+pub const CLUSTERCTRL_NFS: &str = "/var/lib/clusterctrl/nfs";
+
+impl UsbHostPlan {
+    pub fn of(p: &Profile) -> UsbHostPlan {
+        let links = p
+            .nodes
+            .iter()
+            .filter_map(|n| usbboot(p, n).map(|u| (n, u)))
+            .map(|(n, u)| UsbLink {
+                node: n.name.clone(),
+                slot: u.slot,
+                interface: format!("ethupi{}", u.slot),
+                host_mac: format!("00:22:82:ff:fe:{:02x}", u.slot),
+                export: u.nfs_dir,
+                nfs_client: u.nfs_address,
+            })
+            .collect();
+        UsbHostPlan {
+            zero_address: p.controller.zero_address,
+            zero_prefix: p.zero_network.prefix_len(),
+            nfs_address: p.controller.nfs_address,
+            nfs_prefix: p.nfs_network.prefix_len(),
+            nfs_root: CLUSTERCTRL_NFS.to_string(),
+            links,
         }
     }
 }
@@ -344,6 +410,7 @@ impl NodePlan {
                 network: p.zero_network.to_string(),
                 via: p.controller.lan_address,
             }),
+            usbhost: None,
             packages: vec![],
             package_origins: BTreeMap::new(),
             firstboot_packages: p.packages_firstboot.clone(),
@@ -623,10 +690,10 @@ fn usbboot(p: &Profile, node: &Node) -> Option<UsbbootPlan> {
         UsbbootPlan {
             slot: n,
             pname: format!("p{n}"),
-            nfs_dir: format!("/var/lib/clusterctrl/nfs/p{n}"),
+            nfs_dir: format!("{CLUSTERCTRL_NFS}/p{n}"),
             nfs_address,
             cmdline_nfsroot: format!(
-                "nfsroot={ctl}:/var/lib/clusterctrl/nfs/p{n} rw ip={nfs_address}:{ctl}::{mask}:p{n}:usb0.10:static",
+                "nfsroot={ctl}:{CLUSTERCTRL_NFS}/p{n} rw ip={nfs_address}:{ctl}::{mask}:p{n}:usb0.10:static",
                 ctl = p.controller.nfs_address,
                 mask = p.nfs_network.netmask(),
             ),

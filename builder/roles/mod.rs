@@ -33,6 +33,7 @@ pub mod nfs;
 pub mod shell;
 pub mod slurm;
 pub mod ssh;
+pub mod usbhost;
 pub mod users;
 
 use crate::overlay::{self, write::TreeWriter, Overlays};

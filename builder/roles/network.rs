@@ -213,8 +213,14 @@ pub fn apply(ctx: &RoleCtx, t: &mut Templates, w: &mut TreeWriter) -> Result<()>
         }
     }
 
-    if let Some(lan) = &plan.lan {
+    // The controller's card: ClusterCTRL, when its base has it, runs the
+    // LAN and the Zeros' side itself.
+    let clusterctrl = plan.usbhost.is_some() && super::usbhost::clusterctrl_owns_network(w);
+    if let Some(lan) = plan.lan.as_ref().filter(|_| !clusterctrl) {
         apply_lan(plan, lan, t, w)?;
+    }
+    if let Some(u) = plan.usbhost.as_ref().filter(|_| !clusterctrl) {
+        super::usbhost::apply(u, t, w)?;
     }
 
     if plan.usbboot.is_some() {

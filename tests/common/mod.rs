@@ -143,8 +143,14 @@ pub fn build_with_secrets(
     for name in nodes {
         let tree = dir.join(name);
         tools::run(Command::new("cp").arg("-al").arg(base).arg(&tree)).unwrap();
-        let node = profile.node(name).unwrap();
-        let plan = profile.plan(node);
+        // The controller's card, when the setup gave it a base.
+        let plan = if profile.controller.is_named(name) {
+            profile
+                .controller_sd_plan()
+                .expect("the controller has a base")
+        } else {
+            profile.plan(profile.node(name).unwrap())
+        };
         let ctx = RoleCtx {
             profile: &profile,
             plan: &plan,
