@@ -135,6 +135,16 @@ const LAN_TAPS: [&str; 2] = ["clan", "p5lan"];
 
 impl Netns {
     fn new() -> Netns {
+        // Those of runs that were killed (their process is gone) first.
+        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        for line in String::from_utf8_lossy(&list.stdout).lines() {
+            let old = line.split_whitespace().next().unwrap_or_default();
+            if let Some(pid) = old.strip_prefix("chbuild-cluster-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = Command::new("ip").args(["netns", "del", old]).status();
+                }
+            }
+        }
         let name = format!("chbuild-cluster-{}", std::process::id());
         let ip = |args: &[&str]| {
             chbuild::tools::run(Command::new("ip").args(args))
