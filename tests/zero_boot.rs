@@ -267,14 +267,21 @@ fn zeros_share_one_rebuilt_initramfs_that_brings_up_the_nfs_vlan() {
         "link set dev usb0.10 mtu 1496",
         "link set dev usb0.10 up",
     ] {
-        assert!(ip.lines().any(|l| l == want), "`ip {want}` not run:\n{ip}\n{said}");
+        assert!(
+            ip.lines().any(|l| l == want),
+            "`ip {want}` not run:\n{ip}\n{said}"
+        );
     }
     // Another node's address: nothing renamed, and the reason said.
     let (said, ip) = run_nfs_top(&root, &cmdline, "00:22:82:ff:ff:02");
     assert!(ip.is_empty(), "{ip}");
     assert!(said.contains("00:22:82:ff:ff:01"), "{said}");
     // No ClusterCTRL ip=: nothing at all.
-    let (said, ip) = run_nfs_top(&root, "console=tty0 root=/dev/mmcblk0p2", "00:22:82:ff:ff:01");
+    let (said, ip) = run_nfs_top(
+        &root,
+        "console=tty0 root=/dev/mmcblk0p2",
+        "00:22:82:ff:ff:01",
+    );
     assert!(ip.is_empty() && said.is_empty(), "{said}{ip}");
 
     // Built once: a second build elsewhere reuses the layer.

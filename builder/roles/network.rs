@@ -9,8 +9,8 @@
 use super::{enable_unit, RoleCtx, Templates};
 use crate::overlay::write::TreeWriter;
 use crate::overlay::Overlays;
-use crate::store::zero_boot::BootFile;
 use crate::profile::plan::{LanPlan, NodePlan};
+use crate::store::zero_boot::BootFile;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::json;
@@ -114,7 +114,9 @@ fn add_config_lines(plan: &NodePlan, w: &mut TreeWriter) -> Result<()> {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
-    out.push_str(&format!("\n# Added by chbuild, as {RASPI_FIRMWARE_CUSTOM}\n"));
+    out.push_str(&format!(
+        "\n# Added by chbuild, as {RASPI_FIRMWARE_CUSTOM}\n"
+    ));
     for l in &missing {
         out.push_str(l);
         out.push('\n');
@@ -354,7 +356,8 @@ mod tests {
     }
 
     fn zero_plan(name: &str) -> NodePlan {
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/clusterhat.toml");
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/clusterhat.toml");
         let text = include_str!("../../profiles/clusterhat.toml");
         let profile = crate::profile::parse_profile(text, &file).unwrap();
         profile.plan(profile.node(name).unwrap())
@@ -363,7 +366,8 @@ mod tests {
     #[test]
     fn every_zero_gets_the_same_initramfs_files() {
         let t = tempfile::tempdir().unwrap();
-        let files = |name: &str| initramfs_files(&zero_plan(name), &Overlays::Embedded, t.path()).unwrap();
+        let files =
+            |name: &str| initramfs_files(&zero_plan(name), &Overlays::Embedded, t.path()).unwrap();
         let z1 = files("z1");
         assert_eq!(z1, files("z2"), "N is read at boot, not baked");
         let paths: Vec<(&str, u32)> = z1.iter().map(|f| (f.path.as_str(), f.mode)).collect();
@@ -383,7 +387,9 @@ mod tests {
         let plan = zero_plan("z1");
         let v = initramfs_values(&plan, |_| false);
         assert_eq!(v["dwc2_overlay"], false);
-        let v = initramfs_values(&plan, |p| p == format!("{}/overlays/dwc2.dtbo", plan.boot_dir));
+        let v = initramfs_values(&plan, |p| {
+            p == format!("{}/overlays/dwc2.dtbo", plan.boot_dir)
+        });
         assert_eq!(v["dwc2_overlay"], true);
     }
 

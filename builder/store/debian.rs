@@ -85,7 +85,10 @@ fn build_initramfs() -> String {
 /// can, else all under emulation. `COMMAND` is shell text, expanded in
 /// a `sh -c '...'` (single quotes: no single quote in it).
 pub fn native_initramfs(command: &str) -> String {
-    assert!(!command.contains('\''), "the command goes between single quotes");
+    assert!(
+        !command.contains('\''),
+        "the command goes between single quotes"
+    );
     // The file's first paragraph is its header comment.
     let body = NATIVE_INITRAMFS
         .split_once("\n\n")

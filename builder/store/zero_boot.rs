@@ -318,10 +318,7 @@ fn write_upper(upper: &Path, lower: &Path, f: &BootFile) -> Result<()> {
         }
         let (mode, uid, gid) = match low.symlink_metadata() {
             Ok(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
-            Ok(_) => bail!(
-                "{} in the layer's parent is not a directory",
-                low.display()
-            ),
+            Ok(_) => bail!("{} in the layer's parent is not a directory", low.display()),
             Err(_) => (0o755, 0, 0),
         };
         fs::create_dir(&up).with_context(|| format!("creating {}", up.display()))?;
