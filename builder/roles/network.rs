@@ -394,6 +394,48 @@ mod tests {
     }
 
     #[test]
+    fn config_txt_gets_the_dwc2_overlay_where_the_firmware_has_it() {
+        let t = tempfile::tempdir().unwrap();
+        let plan = zero_plan("z1");
+        let boot = t.path().join(&plan.boot_dir);
+        std::fs::create_dir_all(boot.join("overlays")).unwrap();
+        std::fs::write(boot.join("overlays/dwc2.dtbo"), "").unwrap();
+        std::fs::write(boot.join("config.txt"), "enable_uart=1\nkernel=vmlinuz").unwrap();
+        std::fs::create_dir_all(t.path().join("etc/default")).unwrap();
+        let mut w = TreeWriter::new(t.path()).unwrap();
+        let values = initramfs_values(&plan, |p| w.exists(p));
+        let layer = Overlays::Embedded
+            .layer("roles/usbboot_initramfs")
+            .unwrap()
+            .unwrap();
+        let mut vars = crate::overlay::template_context(&plan, None, json!({})).unwrap();
+        vars["roles"]["usbboot_initramfs"] = values;
+        let custom = crate::overlay::render_layers(&vars, &[layer])
+            .unwrap()
+            .into_iter()
+            .find(|r| r.path.as_os_str() == RASPI_FIRMWARE_CUSTOM)
+            .unwrap();
+        w.write(
+            RASPI_FIRMWARE_CUSTOM,
+            &custom.content.unwrap(),
+            0o644,
+            crate::overlay::write::Owner::ROOT,
+        )
+        .unwrap();
+        add_config_lines(&plan, &mut w).unwrap();
+        let config = std::fs::read_to_string(boot.join("config.txt")).unwrap();
+        assert!(
+            config.starts_with("enable_uart=1\nkernel=vmlinuz\n"),
+            "{config}"
+        );
+        assert!(
+            config.ends_with("\ndtoverlay=dwc2,dr_mode=peripheral\n"),
+            "{config}"
+        );
+        assert_eq!(config.matches("enable_uart=1").count(), 1, "{config}");
+    }
+
+    #[test]
     fn config_gets_only_the_settings_it_lacks() {
         let custom = "# comment\nenable_uart=1\ndtoverlay=dwc2,dr_mode=peripheral\n";
         let config = "arm_64bit=1\nenable_uart=1\nupstream_kernel=1\n";
