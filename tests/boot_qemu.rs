@@ -487,6 +487,9 @@ fn ninep_cmdline(baked: &str) -> String {
         .collect();
     args.extend([
         "console=ttyAMA0",
+        // The Zero's initramfs says BOOT=nfs (conf.d/chbuild-usbboot), as
+        // ClusterCTRL's does: a 9p root is a local boot.
+        "boot=local",
         "root=rootfs",
         "rootfstype=9p",
         // cache=loose: nothing changes the tree on the host while the
