@@ -319,4 +319,10 @@ fn zeros_share_one_rebuilt_initramfs_that_brings_up_the_nfs_vlan() {
     let left = boot_layers(&c);
     assert_eq!(left.len(), 1, "{left:#?}");
     assert_eq!(left[0]["key"], layer["key"]);
+
+    // Reproducible: built again (as on another machine), the same image.
+    std::fs::remove_dir_all(&meta).unwrap();
+    let log = image(&c, &work.join("out4"), "z1", None);
+    assert_eq!(log.matches("rebuilt in").count(), 1, "{log}");
+    assert_eq!(sha(&initrd(&work.join("out4/z1"))), sha(&initrd(&z1)));
 }

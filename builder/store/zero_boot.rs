@@ -36,7 +36,7 @@ use std::fs;
 use std::path::Path;
 
 /// Bumped when the way the layer is built changes what it holds.
-const FORMAT: &str = "chbuild-zero-boot-1";
+const FORMAT: &str = "chbuild-zero-boot-2";
 
 const MOUNT_SCRIPT: &str = include_str!("zero-boot-mount.sh");
 
@@ -221,7 +221,19 @@ fn build(
         merged.clone().into(),
     ];
     let versions = kernels.join(" ");
+    // mkinitramfs clamps times and sorts its archive for a reproducible
+    // image; the time is the parent's (its `etc`), as the layer's key is.
+    let etc = parent.root.join("etc");
+    let epoch = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&etc)
+            .with_context(|| format!("reading {}", etc.display()))?
+            .mtime()
+            .max(0)
+            .to_string()
+    };
     let env = [
+        ("SOURCE_DATE_EPOCH", epoch.as_str()),
         ("CHBUILD_IN_TREE", IN_TREE),
         ("CHBUILD_KERNELS", versions.as_str()),
         ("CHBUILD_BOOT_DIR", boot.boot_dir.as_str()),
