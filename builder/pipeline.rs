@@ -322,9 +322,8 @@ pub fn store_keep(profile: &Profile, store: &Store) -> Result<Vec<String>> {
             keep.extend(package_keys(store, &tree, &refs)?);
             keep.extend(start_keys(store, &tree, &refs)?);
             // The shared layer the nodes' layers were built on.
-            let plans: Vec<&NodePlan> = plans.iter().collect();
-            if let Some(common) = shared_set(&tree, &plans)? {
-                if let Some(k) = store.layer_key(&tree, plans[0].architecture, &common)? {
+            if let Some(common) = shared_set(&tree, &refs)? {
+                if let Some(k) = store.layer_key(&tree, refs[0].architecture, &common)? {
                     keep.push(k);
                 }
             }
