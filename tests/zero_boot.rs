@@ -272,6 +272,13 @@ fn zeros_share_one_rebuilt_initramfs_that_brings_up_the_nfs_vlan() {
             "`ip {want}` not run:\n{ip}\n{said}"
         );
     }
+    // p10's address is ...:0a (hexadecimal, as ClusterCTRL's).
+    let p10 = cmdline.replace(":p1:usb0.10:", ":p10:usb0.10:");
+    let (said, ip) = run_nfs_top(&root, &p10, "00:22:82:ff:ff:0a");
+    assert!(
+        ip.lines().any(|l| l == "link set dev eth0 name usb0"),
+        "{ip}\n{said}"
+    );
     // Another node's address: nothing renamed, and the reason said.
     let (said, ip) = run_nfs_top(&root, &cmdline, "00:22:82:ff:ff:02");
     assert!(ip.is_empty(), "{ip}");
