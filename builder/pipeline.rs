@@ -9,6 +9,7 @@ use crate::error::UsageError;
 use crate::overlay::Overlays;
 use crate::profile::{plan::NodePlan, Profile};
 use crate::secrets::Secrets;
+use crate::store::zero_boot::ZeroBoot;
 use crate::store::{BaseTree, Store};
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -202,10 +203,10 @@ fn package_origins(plans: &[&NodePlan]) -> crate::store::layer::Origins {
     out
 }
 
-/// The key each plan's tree starts from: the base's digest when it has
-/// every package the node needs, else the package layer's (which may not
+/// The key of the package layer each plan needs: the base's digest when
+/// it has every package the node needs, else the layer's (which may not
 /// be built yet).
-fn start_keys(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec<String>> {
+fn package_keys(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec<String>> {
     plans
         .iter()
         .map(|p| {
@@ -216,20 +217,69 @@ fn start_keys(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec
         .collect()
 }
 
+/// What the Zero boot layer of a plan is built from, when its tree gets
+/// one: a Zero on a base without ClusterCTRL's own USB-boot setup, with
+/// initramfs-tools and an initramfs to rebuild (see
+/// [`crate::store::zero_boot`]). Decided on the base, so the key is known
+/// before any layer is built.
+fn zero_boot(base: &BaseTree, plan: &NodePlan) -> Result<Option<ZeroBoot>> {
+    if plan.usbboot.is_none()
+        || base
+            .root
+            .join(crate::roles::network::RECONFIG_USBBOOT)
+            .exists()
+        || !crate::store::zero_boot::applies(&base.root, &plan.boot_dir)?
+    {
+        return Ok(None);
+    }
+    let files = crate::roles::network::initramfs_files(plan, &Overlays::builtin()?, &base.root)?;
+    Ok(Some(ZeroBoot {
+        files,
+        boot_dir: plan.boot_dir.clone(),
+    }))
+}
+
+/// The key each plan's tree starts from: its Zero boot layer's, else its
+/// package layer's, else the base's digest ([`start_trees`]).
+fn start_keys(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec<String>> {
+    let packages = package_keys(store, base, plans)?;
+    plans
+        .iter()
+        .zip(packages)
+        .map(|(p, parent)| {
+            Ok(match zero_boot(base, p)? {
+                Some(zb) => crate::store::zero_boot::key(&parent, &zb),
+                None => parent,
+            })
+        })
+        .collect()
+}
+
 /// The tree each plan starts from: the base when it has every package the
 /// node needs, else the package layer that adds them, built now when the
 /// store lacks it. Every layer is ready before any node tree is written,
 /// so an unknown package stops the build with nothing half-done. When the
 /// plans need different sets, what they all share is built first, as a
-/// layer the others are built on: installed once, its files shared.
+/// layer the others are built on: installed once, its files shared. A
+/// Zero's tree then starts from its Zero boot layer on that tree (see
+/// [`crate::store::zero_boot`]).
 pub fn start_trees(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec<BaseTree>> {
     if let Some(common) = shared_set(base, plans)? {
         let arch = plans[0].architecture;
         store.ensure_layer(base, arch, &common, &package_origins(plans))?;
     }
+    // Then each Zero's boot layer on its tree: one per parent and set of
+    // initramfs files, so every Zero of a profile shares one.
     plans
         .iter()
-        .map(|p| store.ensure_layer(base, p.architecture, &p.packages, &package_origins(&[p])))
+        .map(|p| {
+            let tree =
+                store.ensure_layer(base, p.architecture, &p.packages, &package_origins(&[p]))?;
+            match zero_boot(base, p)? {
+                Some(zb) => store.ensure_zero_boot(&tree, &base.digest, p.architecture, &zb),
+                None => Ok(tree),
+            }
+        })
         .collect()
 }
 
@@ -255,8 +305,8 @@ fn shared_set(base: &BaseTree, plans: &[&NodePlan]) -> Result<Option<Vec<String>
     Ok((!common.is_empty() && !sets.contains(&common)).then_some(common))
 }
 
-/// What `store gc` keeps for a profile: its bases and the package layers
-/// of its nodes (and of the controller's card).
+/// What `store gc` keeps for a profile: its bases, the package layers of
+/// its nodes (and of the controller's card) and its Zeros' boot layers.
 pub fn store_keep(profile: &Profile, store: &Store) -> Result<Vec<String>> {
     let mut keep = vec![];
     let mut add = |base: &crate::profile::Base,
@@ -268,11 +318,12 @@ pub fn store_keep(profile: &Profile, store: &Store) -> Result<Vec<String>> {
         keep.push(d.clone());
         if let Some(tree) = store.stored(&d) {
             let plans = plans_of(&tree);
-            keep.extend(start_keys(store, &tree, &plans.iter().collect::<Vec<_>>())?);
+            let refs: Vec<&NodePlan> = plans.iter().collect();
+            keep.extend(package_keys(store, &tree, &refs)?);
+            keep.extend(start_keys(store, &tree, &refs)?);
             // The shared layer the nodes' layers were built on.
-            let plans: Vec<&NodePlan> = plans.iter().collect();
-            if let Some(common) = shared_set(&tree, &plans)? {
-                if let Some(k) = store.layer_key(&tree, plans[0].architecture, &common)? {
+            if let Some(common) = shared_set(&tree, &refs)? {
+                if let Some(k) = store.layer_key(&tree, refs[0].architecture, &common)? {
                     keep.push(k);
                 }
             }

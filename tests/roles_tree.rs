@@ -601,4 +601,14 @@ fn a_zero_keeps_its_nfs_root_when_raspi_firmware_regenerates_cmdline() {
         );
     }
     assert!(!cmdline.contains("mmcblk"), "{cmdline}");
+    // config.txt, regenerated too, keeps the Zero's USB and UART settings
+    // (no dwc2 overlay: Debian's firmware boots the upstream kernel and
+    // ships no overlays/).
+    let config = std::fs::read_to_string(firmware.join("config.txt")).unwrap();
+    assert!(
+        config.contains("# Inserted by /etc/default/raspi-firmware-custom"),
+        "{config}"
+    );
+    assert!(config.lines().any(|l| l == "enable_uart=1"), "{config}");
+    assert!(!config.contains("dtoverlay=dwc2"), "{config}");
 }

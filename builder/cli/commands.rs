@@ -188,7 +188,11 @@ fn store_verb(cli: &Cli, verb: &StoreVerb) -> Result<()> {
                 }
                 for l in &layers {
                     let mut v = serde_json::to_value(l)?;
-                    v["kind"] = "layer".into();
+                    v["kind"] = if l.initramfs.is_some() {
+                        "zero-boot".into()
+                    } else {
+                        "layer".into()
+                    };
                     v["digest"] = l.key.clone().into();
                     all.push(v);
                 }
@@ -204,8 +208,15 @@ fn store_verb(cli: &Cli, verb: &StoreVerb) -> Result<()> {
                 println!("{}  {:>8} MiB  {}", e.digest, e.size >> 20, e.source);
             }
             for l in layers {
+                let (what, holds) = match &l.initramfs {
+                    Some(i) => (
+                        "Zero boot layer",
+                        format!("initramfs for {}", i.kernels.join(" ")),
+                    ),
+                    None => ("layer", l.packages.join(" ")),
+                };
                 println!(
-                    "{}  {:>8} MiB  layer on {}{}: {}",
+                    "{}  {:>8} MiB  {what} on {}{}: {holds}",
                     l.key,
                     l.size >> 20,
                     &l.base[..12],
@@ -213,7 +224,6 @@ fn store_verb(cli: &Cli, verb: &StoreVerb) -> Result<()> {
                         .as_deref()
                         .map(|p| format!(" (built on layer {})", &p[..12]))
                         .unwrap_or_default(),
-                    l.packages.join(" ")
                 );
             }
         }

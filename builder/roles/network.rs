@@ -3,12 +3,15 @@
 //! Zero's USB/NFS boot files when the base cannot make them itself, the
 //! SD nodes' LAN interface (static or DHCP, for the network stack the
 //! base uses) and their route to the Zero network through the controller.
-//! The files are `overlays/roles/{network,usbboot,usbboot_firmware,lan_*,zero_route}/`.
+//! The files are `overlays/roles/{network,usbboot,usbboot_firmware,
+//! usbboot_initramfs,lan_*,zero_route}/`.
 
 use super::{enable_unit, RoleCtx, Templates};
 use crate::overlay::write::TreeWriter;
+use crate::overlay::Overlays;
 use crate::profile::plan::{LanPlan, NodePlan};
-use anyhow::Result;
+use crate::store::zero_boot::BootFile;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -27,6 +30,106 @@ pub fn kept_firmware_default(base: &str) -> Vec<String> {
         .filter(|l| !l.trim_start().starts_with("ROOTPART="))
         .map(str::to_string)
         .collect()
+}
+
+/// Where the Zero's initramfs configuration lives: these files of the
+/// `usbboot_initramfs` layer are built into the store's Zero boot layer.
+pub const INITRAMFS_CONFIG: &str = "etc/initramfs-tools/";
+
+/// raspi-firmware appends this file to `config.txt` when it writes it.
+pub const RASPI_FIRMWARE_CUSTOM: &str = "etc/default/raspi-firmware-custom";
+
+/// What the `usbboot_initramfs` templates read as
+/// `roles.usbboot_initramfs`, from what the tree has (`has(path)`):
+/// ClusterCTRL's `dtoverlay=dwc2,dr_mode=peripheral` only where the boot
+/// directory carries that overlay. Debian's raspi-firmware boots the
+/// upstream kernel (`upstream_kernel=1`) without `overlays/`, whose Zero 2 W
+/// device tree already makes the USB controller OTG.
+pub fn initramfs_values(plan: &NodePlan, has: impl Fn(&str) -> bool) -> serde_json::Value {
+    json!({
+        "dwc2_overlay": has(&format!("{}/overlays/dwc2.dtbo", plan.boot_dir)),
+    })
+}
+
+/// The initramfs-tools files of `usbboot_initramfs` as rendered for
+/// `plan` on the tree at `root`, for the store's Zero boot layer. They
+/// read no secret (the layer is shared) and nothing that differs between
+/// Zeros, so every Zero of a profile gets the same layer.
+pub fn initramfs_files(
+    plan: &NodePlan,
+    overlays: &Overlays,
+    root: &std::path::Path,
+) -> Result<Vec<BootFile>> {
+    let layer = overlays
+        .layer("roles/usbboot_initramfs")?
+        .context("the overlays have no layer roles/usbboot_initramfs")?;
+    let mut vars = crate::overlay::template_context(plan, None, json!({}))?;
+    vars["roles"]["usbboot_initramfs"] = initramfs_values(plan, |p| root.join(p).exists());
+    let rendered = crate::overlay::render_layers(&vars, &[layer])?;
+    Ok(rendered
+        .into_iter()
+        .filter(|r| r.path.starts_with(INITRAMFS_CONFIG))
+        .filter_map(|r| {
+            Some(BootFile {
+                path: r.path.to_string_lossy().into_owned(),
+                mode: r.mode,
+                content: r.content?,
+            })
+        })
+        .collect())
+}
+
+/// The settings of raspi-firmware-custom (`key=value` lines) that
+/// `config` lacks, in order.
+pub fn missing_config_lines(custom: &str, config: &str) -> Vec<String> {
+    let have: Vec<&str> = config.lines().map(str::trim).collect();
+    custom
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| !have.contains(l))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The boot directory's `config.txt` gets the settings of
+/// raspi-firmware-custom it lacks now: raspi-firmware adds them when it
+/// next writes the file on the Zero, and the tree must boot before that.
+fn add_config_lines(plan: &NodePlan, w: &mut TreeWriter) -> Result<()> {
+    let config = format!("{}/config.txt", plan.boot_dir);
+    let (Some(custom), Some(text)) = (
+        w.read_string(RASPI_FIRMWARE_CUSTOM)?,
+        w.read_string(&config)?,
+    ) else {
+        return Ok(());
+    };
+    let missing = missing_config_lines(&custom, &text);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let path = w.host_path(&config)?;
+    let m = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = text;
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\n# Added by chbuild, as {RASPI_FIRMWARE_CUSTOM}\n"
+    ));
+    for l in &missing {
+        out.push_str(l);
+        out.push('\n');
+    }
+    w.write(
+        &config,
+        out.as_bytes(),
+        m.mode() & 0o7777,
+        crate::overlay::write::Owner {
+            uid: m.uid(),
+            gid: m.gid(),
+        },
+    )
 }
 
 pub const ZERO_ROUTE_UNIT: &str = "chbuild-zero-route.service";
@@ -201,6 +304,13 @@ pub fn apply(ctx: &RoleCtx, t: &mut Templates, w: &mut TreeWriter) -> Result<()>
                 "base_fstab": kept_fstab(&fstab, plan),
             }),
         )?;
+        // The initramfs brings up usb0 and usb0.10 (the store's Zero boot
+        // layer holds the image built with these files), raspi-firmware
+        // keeps the USB and UART settings, and ifupdown never takes the
+        // NFS root's interface down.
+        let values = initramfs_values(plan, |p| w.exists(p));
+        t.apply(w, "usbboot_initramfs", values)?;
+        add_config_lines(plan, w)?;
         // Debian's raspi-firmware rewrites cmdline.txt on every kernel or
         // firmware install, from its defaults: they must name the NFS
         // root, or the first upgrade leaves a Zero that cannot boot.
@@ -249,5 +359,96 @@ mod tests {
             "console=tty0 root=/dev/mmcblk0p2 rw fsck.repair=yes net.ifnames=0 rootwait\n",
         );
         assert_eq!(c, ["console=tty0", "net.ifnames=0"]);
+    }
+
+    fn zero_plan(name: &str) -> NodePlan {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/clusterhat.toml");
+        let text = include_str!("../../profiles/clusterhat.toml");
+        let profile = crate::profile::parse_profile(text, &file).unwrap();
+        profile.plan(profile.node(name).unwrap())
+    }
+
+    #[test]
+    fn every_zero_gets_the_same_initramfs_files() {
+        let t = tempfile::tempdir().unwrap();
+        let files =
+            |name: &str| initramfs_files(&zero_plan(name), &Overlays::Embedded, t.path()).unwrap();
+        let z1 = files("z1");
+        assert_eq!(z1, files("z2"), "N is read at boot, not baked");
+        let paths: Vec<(&str, u32)> = z1.iter().map(|f| (f.path.as_str(), f.mode)).collect();
+        assert_eq!(
+            paths,
+            [
+                ("etc/initramfs-tools/conf.d/chbuild-usbboot", 0o644),
+                ("etc/initramfs-tools/hooks/chbuild-usbboot", 0o755),
+                ("etc/initramfs-tools/scripts/nfs-top/chbuild-usbboot", 0o755),
+            ]
+        );
+        assert!(String::from_utf8_lossy(&z1[0].content).contains("\nBOOT=nfs\n"));
+    }
+
+    #[test]
+    fn the_dwc2_overlay_only_where_the_boot_directory_has_it() {
+        let plan = zero_plan("z1");
+        let v = initramfs_values(&plan, |_| false);
+        assert_eq!(v["dwc2_overlay"], false);
+        let v = initramfs_values(&plan, |p| {
+            p == format!("{}/overlays/dwc2.dtbo", plan.boot_dir)
+        });
+        assert_eq!(v["dwc2_overlay"], true);
+    }
+
+    #[test]
+    fn config_txt_gets_the_dwc2_overlay_where_the_firmware_has_it() {
+        let t = tempfile::tempdir().unwrap();
+        let plan = zero_plan("z1");
+        let boot = t.path().join(&plan.boot_dir);
+        std::fs::create_dir_all(boot.join("overlays")).unwrap();
+        std::fs::write(boot.join("overlays/dwc2.dtbo"), "").unwrap();
+        std::fs::write(boot.join("config.txt"), "enable_uart=1\nkernel=vmlinuz").unwrap();
+        std::fs::create_dir_all(t.path().join("etc/default")).unwrap();
+        let mut w = TreeWriter::new(t.path()).unwrap();
+        let values = initramfs_values(&plan, |p| w.exists(p));
+        let layer = Overlays::Embedded
+            .layer("roles/usbboot_initramfs")
+            .unwrap()
+            .unwrap();
+        let mut vars = crate::overlay::template_context(&plan, None, json!({})).unwrap();
+        vars["roles"]["usbboot_initramfs"] = values;
+        let custom = crate::overlay::render_layers(&vars, &[layer])
+            .unwrap()
+            .into_iter()
+            .find(|r| r.path.as_os_str() == RASPI_FIRMWARE_CUSTOM)
+            .unwrap();
+        w.write(
+            RASPI_FIRMWARE_CUSTOM,
+            &custom.content.unwrap(),
+            0o644,
+            crate::overlay::write::Owner::ROOT,
+        )
+        .unwrap();
+        add_config_lines(&plan, &mut w).unwrap();
+        let config = std::fs::read_to_string(boot.join("config.txt")).unwrap();
+        assert!(
+            config.starts_with("enable_uart=1\nkernel=vmlinuz\n"),
+            "{config}"
+        );
+        assert!(
+            config.ends_with("\ndtoverlay=dwc2,dr_mode=peripheral\n"),
+            "{config}"
+        );
+        assert_eq!(config.matches("enable_uart=1").count(), 1, "{config}");
+    }
+
+    #[test]
+    fn config_gets_only_the_settings_it_lacks() {
+        let custom = "# comment\nenable_uart=1\ndtoverlay=dwc2,dr_mode=peripheral\n";
+        let config = "arm_64bit=1\nenable_uart=1\nupstream_kernel=1\n";
+        assert_eq!(
+            missing_config_lines(custom, config),
+            ["dtoverlay=dwc2,dr_mode=peripheral"]
+        );
+        assert!(missing_config_lines("enable_uart=1\n", config).is_empty());
     }
 }

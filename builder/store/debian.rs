@@ -61,80 +61,42 @@ chmod 0755 "$1/usr/sbin/update-initramfs"
 /// for the mounts is removed after it and the parents' times put back.
 /// Without any of that (another layout, other versions, no perl) it all
 /// runs under emulation, as before.
-const BUILD_INITRAMFS: &str = r#"set -e
+const BUILD_INITRAMFS_PRELUDE: &str = r#"set -e
 root=$1
 rm -f "$root/usr/sbin/update-initramfs"
 chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
 [ -x "$root/usr/sbin/update-initramfs" ] || exit 0
 ls "$root"/boot/vmlinuz-* >/dev/null 2>&1 || exit 0
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-: >"$work/tools"; : >"$work/mounts"; : >"$work/made"; : >"$work/times"
-pkgs="coreutils findutils zstd"
-dpkg-query -W -f '${Package} ${Version}
-' $pkgs 2>/dev/null | sort >"$work/host" || true
-chroot "$root" dpkg-query -W -f '${Package} ${Version}
-' $pkgs 2>/dev/null | sort >"$work/base" || true
-for pkg in $(comm -12 "$work/host" "$work/base" | cut -d' ' -f1); do
-  case $pkg in
-    coreutils) tools="realpath readlink mkdir cp ln dirname basename cat rm mv chmod touch sort" ;;
-    findutils) tools="find xargs" ;;
-    *) tools=$pkg ;;
-  esac
-  for t in $tools; do
-    if [ -f "/usr/bin/$t" ] && [ -f "$root/usr/bin/$t" ] && [ ! -L "$root/usr/bin/$t" ]; then
-      echo "$t" >>"$work/tools"
-    fi
-  done
-done
-native=no
-interp=$(ldd /usr/bin/cp 2>/dev/null | awk '$1 ~ /^\// { print $1 }')
-if [ -s "$work/tools" ] && [ -n "$interp" ] && [ ${#interp} -ge 18 ] && command -v perl >/dev/null; then
-  native=yes
-  mkdir "$work/bin"
-  for t in $(cat "$work/tools"); do
-    INTERP=$interp perl -0777 -pe 'BEGIN { binmode STDIN; binmode STDOUT; $o = "$ENV{INTERP}\0"; $n = "/run/chbuild-ld.so\0" . ("\0" x (length($o) - 19)) } s/\Q$o\E/$n/ or die' "/usr/bin/$t" >"$work/bin/$t" || { native=no; break; }
-    chmod 0755 "$work/bin/$t"
-    echo "$work/bin/$t /usr/bin/$t" >>"$work/mounts"
-  done
-  for d in $(cd /usr/bin && ldd $(cat "$work/tools") 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | xargs -r -n1 dirname | sort -u); do
-    inside=$(chroot "$root" realpath -m "$d")
-    if [ -e "$root$inside" ] || [ ! -d "$(realpath "$d")" ]; then native=no; break; fi
-    echo "$(realpath "$d") $inside" >>"$work/mounts"
-    echo "$inside" >>"$work/made"
-  done
-  if [ -e "$root/run/chbuild-ld.so" ] || [ ! -d "$root/run" ]; then native=no; fi
-  echo "$(realpath "$interp") /run/chbuild-ld.so" >>"$work/mounts"
-fi
-if [ "$native" = yes ]; then
-  n=0
-  for inside in $(cat "$work/made") /run/chbuild-ld.so; do
-    parent=$(dirname "$inside")
-    while [ ! -e "$root$parent" ]; do parent=$(dirname "$parent"); done
-    n=$((n + 1))
-    : >"$work/time$n"
-    touch -h -r "$root$parent" "$work/time$n"
-    echo "$parent $work/time$n" >>"$work/times"
-    echo "$inside $parent" >>"$work/undo"
-    if [ "$inside" = /run/chbuild-ld.so ]; then : >"$root$inside"; else mkdir -p "$root$inside"; fi
-  done
-  status=0
-  unshare --mount --propagation private sh -e -c '
-    root=$1
-    while read -r from to; do mount --bind "$from" "$root$to" || exit 99; done <"$2"
-    chroot "$root" /usr/bin/realpath -ms / >/dev/null || exit 99
-    chroot "$root" update-initramfs -c -k all
-  ' sh "$root" "$work/mounts" || status=$?
-  while read -r d parent; do
-    while [ "$d" != "$parent" ]; do rm -d "$root$d"; d=$(dirname "$d"); done
-  done <"$work/undo"
-  while read -r parent ref; do touch -h -r "$ref" "$root$parent"; done <"$work/times"
-  [ "$status" = 99 ] && native=no || [ "$status" = 0 ] || exit "$status"
-fi
-if [ "$native" = no ]; then
-  chroot "$root" update-initramfs -c -k all
-fi
 "#;
+
+/// The hook that builds every kernel's initramfs at the end: the prelude
+/// above, then `initramfs-native.sh` running `update-initramfs -c -k all`
+/// in the tree (the same text as before the native part was shared with
+/// the Zero boot layer, so existing bases keep their digest).
+fn build_initramfs() -> String {
+    format!(
+        "{BUILD_INITRAMFS_PRELUDE}{}",
+        native_initramfs("update-initramfs -c -k all")
+    )
+}
+
+/// `initramfs-native.sh` with its command: it expects `$root` set and
+/// runs `chroot "$root" COMMAND`, with the native copying tools when it
+/// can, else all under emulation. `COMMAND` is shell text, expanded in
+/// a `sh -c '...'` (single quotes: no single quote in it).
+pub fn native_initramfs(command: &str) -> String {
+    assert!(
+        !command.contains('\''),
+        "the command goes between single quotes"
+    );
+    // The file's first paragraph is its header comment.
+    let body = NATIVE_INITRAMFS
+        .split_once("\n\n")
+        .map_or(NATIVE_INITRAMFS, |(_, b)| b);
+    body.replace("@COMMAND@", command)
+}
+
+const NATIVE_INITRAMFS: &str = include_str!("initramfs-native.sh");
 
 /// The store key of a recipe.
 pub fn recipe_digest(r: &DebianRecipe) -> String {
@@ -146,7 +108,7 @@ pub fn recipe_digest(r: &DebianRecipe) -> String {
     // The hooks shape the result as much as the package list: a base built
     // by other hooks is another base.
     if runs_foreign_code(&r.variant) {
-        for hook in [DEFER_INITRAMFS, BUILD_INITRAMFS] {
+        for hook in [DEFER_INITRAMFS.to_string(), build_initramfs()] {
             h.update(b"\0hook\0");
             h.update(hook.as_bytes());
         }
@@ -195,7 +157,7 @@ fn mmdebstrap_args(r: &DebianRecipe, out: &Path) -> Vec<OsString> {
     // Variants that run no maintainer scripts build no initramfs.
     if runs_foreign_code(&r.variant) {
         args.push(format!("--essential-hook={DEFER_INITRAMFS}").into());
-        args.push(format!("--customize-hook={BUILD_INITRAMFS}").into());
+        args.push(format!("--customize-hook={}", build_initramfs()).into());
     }
     args.push(r.suite.clone().into());
     args.push(out.into());
@@ -281,6 +243,16 @@ mod tests {
         assert!(remove < run, "{build}");
         assert_eq!(&a[a.len() - 2..], ["bookworm", "/tmp/base.tar"]);
         assert!(!args("extract").iter().any(|x| x.contains("-hook=")));
+    }
+
+    #[test]
+    fn the_shared_native_part_keeps_the_hook_and_the_digest() {
+        // sha256 of the hook's text before its native part moved to
+        // initramfs-native.sh: stored bases keep their digest.
+        assert_eq!(
+            hex::encode(Sha256::digest(build_initramfs())),
+            "862032d5e8d3a52fd0f742f058f5bb62b1431f9974dcd917d2c61ce24be3328b"
+        );
     }
 
     #[test]

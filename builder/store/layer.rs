@@ -33,8 +33,8 @@ use std::path::{Path, PathBuf};
 
 const LAYERS: &str = "layers";
 const APT: &str = "apt";
-const LAYER_META: &str = "layer.json";
-const TREE: &str = "tree";
+pub(super) const LAYER_META: &str = "layer.json";
+pub(super) const TREE: &str = "tree";
 /// Bumped when the way a layer is built changes what it holds.
 const FORMAT: &str = "chbuild-layer-1";
 
@@ -60,6 +60,21 @@ pub struct LayerMeta {
     /// shares with other layers.
     pub size: u64,
     pub seconds: f64,
+    /// Set on a Zero boot layer (see [`super::zero_boot`]), which adds
+    /// no packages but a rebuilt initramfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<InitramfsLayer>,
+}
+
+/// What a Zero boot layer rebuilt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitramfsLayer {
+    /// Kernel versions whose initramfs was rebuilt.
+    pub kernels: Vec<String>,
+    /// The boot directory its images were put in (besides `boot/`).
+    pub boot_dir: String,
+    /// The initramfs-tools files it added.
+    pub files: Vec<String>,
 }
 
 /// Names of the packages a dpkg status file lists as installed.
@@ -161,7 +176,7 @@ fn origin_of(origins: &Origins, package: &str) -> String {
 }
 
 impl Store {
-    fn layers_dir(&self) -> PathBuf {
+    pub(super) fn layers_dir(&self) -> PathBuf {
         self.root.join(LAYERS)
     }
 
@@ -186,7 +201,7 @@ impl Store {
         Ok(out)
     }
 
-    fn layer_tree(&self, key: &str) -> Option<BaseTree> {
+    pub(super) fn layer_tree(&self, key: &str) -> Option<BaseTree> {
         let dir = self.layers_dir().join(key);
         dir.join(LAYER_META).is_file().then(|| BaseTree {
             digest: key.to_string(),
@@ -243,6 +258,7 @@ impl Store {
         let parent = self
             .layers()?
             .into_iter()
+            .filter(|l| l.initramfs.is_none())
             .filter(|l| l.base == base.digest && l.sources == sources)
             .filter(|l| l.architecture == arch.debian())
             .filter(|l| l.packages.iter().all(|p| want.contains(p)))
@@ -457,7 +473,7 @@ impl LayerBuild<'_> {
             .store
             .layers()?
             .into_iter()
-            .filter(|l| l.base == self.base.digest)
+            .filter(|l| l.base == self.base.digest && l.initramfs.is_none())
             .map(|l| self.store.layers_dir().join(&l.key).join(TREE))
             .collect();
         let shared = crate::fs::link_identical(&tree, &stats.files, &donors)?;
@@ -475,6 +491,7 @@ impl LayerBuild<'_> {
             installed,
             size: stats.moved_bytes - shared,
             seconds: started.elapsed().as_secs_f64(),
+            initramfs: None,
         };
         progress.finish();
         let meta_path = tmp.path().join(LAYER_META);

@@ -10,7 +10,8 @@
 //! <store>/index/<key>               md5 checksums and local archives -> digest
 //! <store>/blobs/<sha256>            single files (k3s bundles), see `blob`
 //! <store>/downloads/                downloads (kept partial for resuming)
-//! <store>/layers/<key>/             package layers (see [`layer`])
+//! <store>/layers/<key>/             package layers (see [`layer`]) and
+//!                                   Zero boot layers (see [`zero_boot`])
 //! <store>/apt/                      apt's downloads and indexes, a cache
 //! <store>/.tmp-*/                   ingests and layer builds in progress
 //! <store>/.lock                     held while ingesting or pruning
@@ -26,6 +27,7 @@ mod fetch;
 mod ingest;
 pub mod layer;
 pub mod manifest;
+pub mod zero_boot;
 
 use crate::fs::{remove_tree, sync_dir};
 use crate::profile::{Base, BaseSource, Checksum, ChecksumAlgorithm};
