@@ -942,7 +942,7 @@ fn slurmctld_and_munged_run_the_generated_config() {
 // ---------------------------------------------------------------- sd card
 
 /// The test profile with `[controller.base]`: the Pi fixture archive
-/// stands in for a ClusterCTRL CNAT image's root filesystem.
+/// (a Debian system without ClusterCTRL) is the controller's base.
 fn chbuild_sd() -> Chbuild {
     let mut c = chbuild();
     c.profile = cli_support::profile("controller-sd.toml");
