@@ -348,6 +348,7 @@ pub fn store_keep(profile: &Profile, store: &Store) -> Result<Vec<String>> {
 
 /// Compose one node's tree at `dest` (a temporary path) and bake every
 /// role into it. `base` is what the tree starts from ([`start_trees`]).
+/// Returns the number of regular files in the tree.
 pub fn build_tree(
     profile: &Profile,
     plan: &NodePlan,
@@ -356,7 +357,7 @@ pub fn build_tree(
     dest: &Path,
     epoch: i64,
     public: Option<&mut Vec<SecretFile>>,
-) -> Result<()> {
+) -> Result<u64> {
     let started = Instant::now();
     crate::fs::remove_tree(dest)?;
     let stats = crate::tree::compose(&base.root, dest, &profile.link_dirs)
@@ -387,7 +388,7 @@ pub fn build_tree(
     if let Some(collected) = public {
         collected.extend(public::strip_secrets(dest, plan)?);
     }
-    crate::tree::clamp_mtimes(dest, epoch)?;
+    let files = crate::tree::clamp_mtimes(dest, epoch)?;
     tracing::info!(
         "{}: tree composed ({} linked, {} copied, {} MiB copied) in {:.1?}",
         plan.name,
@@ -396,7 +397,7 @@ pub fn build_tree(
         stats.copied_bytes >> 20,
         started.elapsed()
     );
-    Ok(())
+    Ok(files)
 }
 
 /// Build node trees and artifacts into `out`. With `public`, every node is
@@ -588,8 +589,7 @@ fn build_node(
     let name = &plan.name;
     let staged_tree = commit::staged(name);
     let tmp = out.join(&staged_tree);
-    build_tree(profile, plan, base, secrets, &tmp, epoch, public)?;
-    let files_in_tree = count_files(&tmp)?;
+    let files_in_tree = build_tree(profile, plan, base, secrets, &tmp, epoch, public)?;
     let tarball_name = format!("{name}.tar.zst");
     let mut moves = vec![];
     let (tarball, sha256, size) = if want_tar {
@@ -623,19 +623,6 @@ fn build_node(
         needs_network: plan.needs_network(),
     };
     Ok((artifact, moves))
-}
-
-fn count_files(tree: &Path) -> Result<u64> {
-    let mut n = 0;
-    for e in walkdir::WalkDir::new(tree).follow_links(false) {
-        if e.with_context(|| format!("walking {}", tree.display()))?
-            .file_type()
-            .is_file()
-        {
-            n += 1;
-        }
-    }
-    Ok(n)
 }
 
 /// Where `sd` puts the image and what it does with it.

@@ -14,7 +14,23 @@ use walkdir::WalkDir;
 /// and so are the files below `boot/` but its text files (see
 /// [`boot_policy`]); the rest is copied.
 pub fn compose(base: &Path, dest: &Path, link_dirs: &[String]) -> Result<CopyStats> {
-    copy_tree(base, dest, &boot_policy(LinkPolicy::link_top(link_dirs)))
+    copy_tree(
+        base,
+        dest,
+        &dpkg_policy(boot_policy(LinkPolicy::link_top(link_dirs))),
+    )
+}
+
+/// Share dpkg's per-package files (`var/lib/dpkg/info`: file lists,
+/// md5sums, maintainer scripts; 8 MiB of the 11 MiB of a Zero's `var`).
+/// dpkg never writes one in place: lists and other database files go
+/// through its atomic-file helper (write `*-new`, then rename), and a
+/// package's control members are extracted to a temporary directory and
+/// renamed in. dpkg's lock files (`lock`, `lock-frontend`, `triggers/Lock`)
+/// live outside `info/` and stay private: on NFS roots a shared lock inode
+/// would make one node's apt wait for another's.
+pub fn dpkg_policy(p: LinkPolicy) -> LinkPolicy {
+    p.and_subtree("var/lib/dpkg/info")
 }
 
 /// Share `boot/` (kernel, initramfs, device trees, Pi firmware: 61 MiB of
@@ -41,18 +57,24 @@ pub fn boot_policy(p: LinkPolicy) -> LinkPolicy {
 /// Bring every mtime newer than `epoch` down to it, so the tree (and any
 /// file system made from it) is reproducible. Only inodes private to this
 /// tree are touched: a file shared with the store or siblings keeps its
-/// base time, which the archive writers clamp on their side.
-pub fn clamp_mtimes(tree: &Path, epoch: i64) -> Result<()> {
+/// base time, which the archive writers clamp on their side. Returns the
+/// number of regular files, counted on the way (one walk, not two).
+pub fn clamp_mtimes(tree: &Path, epoch: i64) -> Result<u64> {
     let limit = filetime::FileTime::from_unix_time(epoch, 0);
+    let mut files = 0;
     for entry in WalkDir::new(tree).follow_links(false).contents_first(true) {
         let entry = entry.with_context(|| format!("walking {}", tree.display()))?;
-        let meta = entry.path().symlink_metadata()?;
+        let meta = entry
+            .path()
+            .symlink_metadata()
+            .with_context(|| format!("reading {}", entry.path().display()))?;
+        files += u64::from(meta.is_file());
         if meta.mtime() > epoch && (meta.is_dir() || meta.nlink() == 1) {
             filetime::set_symlink_file_times(entry.path(), limit, limit)
                 .with_context(|| format!("setting times of {}", entry.path().display()))?;
         }
     }
-    Ok(())
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -72,10 +94,14 @@ mod tests {
         fs::create_dir_all(base.join("boot/firmware")).unwrap();
         fs::write(base.join("boot/firmware/kernel8.img"), "kernel").unwrap();
         fs::write(base.join("boot/firmware/config.txt"), "arm_64bit=1").unwrap();
+        fs::create_dir_all(base.join("var/lib/dpkg/info")).unwrap();
+        fs::write(base.join("var/lib/dpkg/info/tool.list"), "/usr/bin/tool").unwrap();
+        fs::write(base.join("var/lib/dpkg/status"), "Package: tool").unwrap();
+        fs::write(base.join("var/lib/dpkg/lock"), "").unwrap();
         std::os::unix::fs::symlink("usr/bin", base.join("bin")).unwrap();
         let a = t.path().join("a");
         let stats = compose(&base, &a, &["usr".into(), "bin".into()]).unwrap();
-        assert_eq!(stats.linked, 2);
+        assert_eq!(stats.linked, 3);
         let ino = |p: &Path| fs::metadata(p).unwrap().ino();
         // Boot binaries are shared, the text files raspi-firmware rewrites
         // in place are not.
@@ -83,6 +109,12 @@ mod tests {
         assert_eq!(ino(&a.join(kernel)), ino(&base.join(kernel)));
         let config = "boot/firmware/config.txt";
         assert_ne!(ino(&a.join(config)), ino(&base.join(config)));
+        // dpkg's info files are shared; its status and locks are not.
+        let list = "var/lib/dpkg/info/tool.list";
+        assert_eq!(ino(&a.join(list)), ino(&base.join(list)));
+        for p in ["var/lib/dpkg/status", "var/lib/dpkg/lock"] {
+            assert_ne!(ino(&a.join(p)), ino(&base.join(p)), "{p}");
+        }
         assert_eq!(
             ino(&a.join("usr/bin/tool")),
             ino(&base.join("usr/bin/tool"))

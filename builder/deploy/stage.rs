@@ -16,8 +16,9 @@ use std::path::Path;
 /// files, which dpkg replaces by rename and never rewrites in place.
 /// Everything else (etc, var, home, boot...) is copied, because usbboot-init
 /// and the running node write there in place, which would reach through a
-/// hard link into the source tree; boot binaries are the exception when the
-/// tree protects them (see [`UNSHARE_BOOT`]).
+/// hard link into the source tree; dpkg's `var/lib/dpkg/info` (see
+/// [`crate::tree::dpkg_policy`]) and boot binaries when the tree protects
+/// them (see [`UNSHARE_BOOT`]) are the exceptions.
 const SHARED_TOP: &[&str] = &["usr", "opt", "bin", "sbin", "lib", "lib32", "lib64"];
 
 /// A node tree that carries this (the `boot_unshare` overlay) breaks the
@@ -32,8 +33,10 @@ pub const UNSHARE_BOOT: &str = "usr/local/sbin/chbuild-unshare-boot";
 fn policy(link: bool, boot: bool) -> LinkPolicy {
     match (link, boot) {
         (false, _) => LinkPolicy::copy_all(),
-        (true, false) => LinkPolicy::link_top(SHARED_TOP),
-        (true, true) => crate::tree::boot_policy(LinkPolicy::link_top(SHARED_TOP)),
+        (true, false) => crate::tree::dpkg_policy(LinkPolicy::link_top(SHARED_TOP)),
+        (true, true) => {
+            crate::tree::dpkg_policy(crate::tree::boot_policy(LinkPolicy::link_top(SHARED_TOP)))
+        }
     }
 }
 
@@ -143,6 +146,9 @@ mod tests {
         .unwrap();
         fs::hard_link(root.join("usr/bin/tool"), root.join("usr/bin/tool2")).unwrap();
         fs::write(root.join("etc/hostname"), b"z1\n").unwrap();
+        fs::create_dir_all(root.join("var/lib/dpkg/info")).unwrap();
+        fs::write(root.join("var/lib/dpkg/info/tool.list"), b"/usr/bin/tool\n").unwrap();
+        fs::write(root.join("var/lib/dpkg/status"), b"Package: tool\n").unwrap();
         std::os::unix::fs::symlink("../usr/bin/tool", root.join("etc/link")).unwrap();
         nix::unistd::mkfifo(&root.join("dev/fifo"), Mode::from_bits_truncate(0o600)).unwrap();
         xattr::set(root.join("etc/hostname"), "user.chbuild", b"yes").unwrap();
@@ -166,7 +172,7 @@ mod tests {
             let a = super::super::listing::of_dir(&src, true).unwrap();
             let b = super::super::listing::of_dir(&dst, true).unwrap();
             assert_eq!(a, b, "link={link}");
-            assert_eq!(stats.linked, if link { 2 } else { 0 });
+            assert_eq!(stats.linked, if link { 3 } else { 0 });
             let m = |p: &str| dst.join(p).symlink_metadata().unwrap();
             assert_eq!(m("usr/bin/tool").ino(), m("usr/bin/tool2").ino());
             assert_eq!(m("etc").mtime(), 1000);
@@ -178,6 +184,14 @@ mod tests {
             assert_ne!(
                 m("etc/hostname").ino(),
                 src.join("etc/hostname").symlink_metadata().unwrap().ino()
+            );
+            // dpkg's info files are shared when linking, its status is not.
+            let src_ino = |p: &str| src.join(p).symlink_metadata().unwrap().ino();
+            let list = "var/lib/dpkg/info/tool.list";
+            assert_eq!(m(list).ino() == src_ino(list), link);
+            assert_ne!(
+                m("var/lib/dpkg/status").ino(),
+                src_ino("var/lib/dpkg/status")
             );
         }
     }

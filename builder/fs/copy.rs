@@ -30,6 +30,8 @@ pub struct LinkPolicy {
     /// Top-level directories whose files are linked except text files
     /// (`*.txt`), which stay private copies.
     binaries: Vec<OsString>,
+    /// Deeper directories (relative paths) whose files are all linked.
+    subtrees: Vec<PathBuf>,
 }
 
 impl LinkPolicy {
@@ -44,6 +46,7 @@ impl LinkPolicy {
             top: dirs.into_iter().map(|d| d.as_ref().to_owned()).collect(),
             all: false,
             binaries: Vec::new(),
+            subtrees: Vec::new(),
         }
     }
 
@@ -54,6 +57,7 @@ impl LinkPolicy {
             top: vec![],
             all: true,
             binaries: Vec::new(),
+            subtrees: Vec::new(),
         }
     }
 
@@ -62,6 +66,13 @@ impl LinkPolicy {
     /// an editor); the caller says why that is safe for `dir`.
     pub fn and_binaries_under<S: AsRef<OsStr>>(mut self, dir: S) -> LinkPolicy {
         self.binaries.push(dir.as_ref().to_owned());
+        self
+    }
+
+    /// Also hardlink every regular file below `dir`, a path relative to the
+    /// tree root; the caller says why that is safe for `dir`.
+    pub fn and_subtree(mut self, dir: impl Into<PathBuf>) -> LinkPolicy {
+        self.subtrees.push(dir.into());
         self
     }
 
@@ -77,6 +88,13 @@ impl LinkPolicy {
         };
         let top = top.as_os_str();
         if self.top.iter().any(|t| top == t) {
+            return true;
+        }
+        if self
+            .subtrees
+            .iter()
+            .any(|d| rel.starts_with(d) && rel != d.as_path())
+        {
             return true;
         }
         self.binaries.iter().any(|t| top == t)
