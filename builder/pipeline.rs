@@ -268,19 +268,63 @@ pub fn start_trees(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Resul
         let arch = plans[0].architecture;
         store.ensure_layer(base, arch, &common, &package_origins(plans))?;
     }
-    // Then each Zero's boot layer on its tree: one per parent and set of
-    // initramfs files, so every Zero of a profile shares one.
-    plans
-        .iter()
-        .map(|p| {
-            let tree =
-                store.ensure_layer(base, p.architecture, &p.packages, &package_origins(&[p]))?;
-            match zero_boot(base, p)? {
-                Some(zb) => store.ensure_zero_boot(&tree, &base.digest, p.architecture, &zb),
-                None => Ok(tree),
+    // Package layers are built one after another (they share apt's cache
+    // and its lock). A Zero boot layer needs no apt: it is built on its own
+    // thread as soon as its package layer is there, while the other nodes'
+    // layers install (mkinitramfs under emulation and dpkg under emulation
+    // each keep one core busy). One thread per key: every Zero of a profile
+    // shares one boot layer, and no key is ever built twice at once.
+    enum Start {
+        Ready(BaseTree),
+        Boot(String),
+    }
+    std::thread::scope(|scope| {
+        let mut boots = std::collections::BTreeMap::new();
+        let mut starts = vec![];
+        let mut first_error = None;
+        for p in plans {
+            let built = store
+                .ensure_layer(base, p.architecture, &p.packages, &package_origins(&[p]))
+                .and_then(|tree| Ok((tree, zero_boot(base, p)?)));
+            match built {
+                Ok((tree, None)) => starts.push(Start::Ready(tree)),
+                Ok((tree, Some(zb))) => {
+                    let key = crate::store::zero_boot::key(&tree.digest, &zb);
+                    let arch = p.architecture;
+                    boots.entry(key.clone()).or_insert_with(|| {
+                        scope.spawn(move || store.ensure_zero_boot(&tree, &base.digest, arch, &zb))
+                    });
+                    starts.push(Start::Boot(key));
+                }
+                Err(e) => {
+                    first_error = Some(e);
+                    break;
+                }
             }
-        })
-        .collect()
+        }
+        let mut booted = std::collections::BTreeMap::new();
+        for (key, h) in boots {
+            let r = h.join().expect("a Zero boot layer thread panicked");
+            match r {
+                Ok(t) => {
+                    booted.insert(key, t);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(starts
+            .into_iter()
+            .map(|s| match s {
+                Start::Ready(t) => t,
+                Start::Boot(key) => booted[&key].clone(),
+            })
+            .collect())
+    })
 }
 
 /// The packages every plan needs and `base` lacks, when the plans need

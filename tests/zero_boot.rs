@@ -204,6 +204,16 @@ fn zeros_share_one_rebuilt_initramfs_that_brings_up_the_nfs_vlan() {
             .any(|f| f.ends_with("/kernel/net/8021q/8021q.ko")),
         "8021q.ko missing from the initramfs"
     );
+    // The NFS client and the network drivers are in. The fixture's base
+    // chose MODULES=list, already smaller than the MODULES=netboot a Zero
+    // gets on a MODULES=most base: its choice is kept.
+    for want in ["/kernel/fs/nfs/nfs.ko", "/kernel/drivers/net/virtio_net.ko"] {
+        assert!(files.iter().any(|f| f.ends_with(want)), "{want} missing");
+    }
+    let conf =
+        std::fs::read_to_string(z1.join("etc/initramfs-tools/conf.d/chbuild-usbboot")).unwrap();
+    assert!(conf.contains("\nBOOT=nfs\n"), "{conf}");
+    assert!(!conf.contains("MODULES="), "{conf}");
     // Both Zeros boot the same image; the base's and the LAN node's stay
     // the fixture's.
     assert_eq!(sha(&initrd(&z1)), sha(&initrd(&z2)));

@@ -45,10 +45,32 @@ pub const RASPI_FIRMWARE_CUSTOM: &str = "etc/default/raspi-firmware-custom";
 /// directory carries that overlay. Debian's raspi-firmware boots the
 /// upstream kernel (`upstream_kernel=1`) without `overlays/`, whose Zero 2 W
 /// device tree already makes the USB controller OTG.
-pub fn initramfs_values(plan: &NodePlan, has: impl Fn(&str) -> bool) -> serde_json::Value {
+pub fn initramfs_values(
+    plan: &NodePlan,
+    has: impl Fn(&str) -> bool,
+    read: impl Fn(&str) -> Option<String>,
+) -> serde_json::Value {
     json!({
         "dwc2_overlay": has(&format!("{}/overlays/dwc2.dtbo", plan.boot_dir)),
+        "netboot_modules": read(INITRAMFS_CONF).is_some_and(|c| modules_is_most(&c)),
     })
+}
+
+/// The base's own initramfs-tools settings (the layer's and the role's
+/// files go to `conf.d/`, never here).
+const INITRAMFS_CONF: &str = "etc/initramfs-tools/initramfs.conf";
+
+/// Whether `initramfs.conf` asks for MODULES=most (Debian's default, also
+/// when unset): a Zero then gets MODULES=netboot, a subset. A base that
+/// chose `list`, `dep` or `netboot` is left with its choice, which is
+/// already no larger.
+fn modules_is_most(conf: &str) -> bool {
+    let value = conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("MODULES="))
+        .last()
+        .map(|v| v.trim().trim_matches(['"', '\'']));
+    matches!(value, None | Some("most"))
 }
 
 /// The initramfs-tools files of `usbboot_initramfs` as rendered for
@@ -64,7 +86,11 @@ pub fn initramfs_files(
         .layer("roles/usbboot_initramfs")?
         .context("the overlays have no layer roles/usbboot_initramfs")?;
     let mut vars = crate::overlay::template_context(plan, None, json!({}))?;
-    vars["roles"]["usbboot_initramfs"] = initramfs_values(plan, |p| root.join(p).exists());
+    vars["roles"]["usbboot_initramfs"] = initramfs_values(
+        plan,
+        |p| root.join(p).exists(),
+        |p| std::fs::read_to_string(root.join(p)).ok(),
+    );
     let rendered = crate::overlay::render_layers(&vars, &[layer])?;
     Ok(rendered
         .into_iter()
@@ -308,7 +334,7 @@ pub fn apply(ctx: &RoleCtx, t: &mut Templates, w: &mut TreeWriter) -> Result<()>
         // layer holds the image built with these files), raspi-firmware
         // keeps the USB and UART settings, and ifupdown never takes the
         // NFS root's interface down.
-        let values = initramfs_values(plan, |p| w.exists(p));
+        let values = initramfs_values(plan, |p| w.exists(p), |p| w.read_string(p).ok().flatten());
         t.apply(w, "usbboot_initramfs", values)?;
         add_config_lines(plan, w)?;
         // Debian's raspi-firmware rewrites cmdline.txt on every kernel or
@@ -391,12 +417,36 @@ mod tests {
     #[test]
     fn the_dwc2_overlay_only_where_the_boot_directory_has_it() {
         let plan = zero_plan("z1");
-        let v = initramfs_values(&plan, |_| false);
+        let v = initramfs_values(&plan, |_| false, |_| None);
         assert_eq!(v["dwc2_overlay"], false);
-        let v = initramfs_values(&plan, |p| {
-            p == format!("{}/overlays/dwc2.dtbo", plan.boot_dir)
-        });
+        let v = initramfs_values(
+            &plan,
+            |p| p == format!("{}/overlays/dwc2.dtbo", plan.boot_dir),
+            |_| None,
+        );
         assert_eq!(v["dwc2_overlay"], true);
+    }
+
+    #[test]
+    fn netboot_modules_only_narrow_the_base_choice() {
+        let plan = zero_plan("z1");
+        let with = |conf: &'static str| {
+            initramfs_values(
+                &plan,
+                |_| false,
+                move |p| (p == INITRAMFS_CONF).then(|| conf.to_string()),
+            )["netboot_modules"]
+                .clone()
+        };
+        assert_eq!(with("# MODULES=list\nMODULES=most\n"), true);
+        assert_eq!(with("BUSYBOX=auto\n"), true);
+        assert_eq!(with("MODULES=most\nMODULES=list\n"), false);
+        assert_eq!(with("MODULES=dep\n"), false);
+        // No initramfs-tools at all: nothing to narrow.
+        assert_eq!(
+            initramfs_values(&plan, |_| false, |_| None)["netboot_modules"],
+            false
+        );
     }
 
     #[test]
@@ -409,7 +459,7 @@ mod tests {
         std::fs::write(boot.join("config.txt"), "enable_uart=1\nkernel=vmlinuz").unwrap();
         std::fs::create_dir_all(t.path().join("etc/default")).unwrap();
         let mut w = TreeWriter::new(t.path()).unwrap();
-        let values = initramfs_values(&plan, |p| w.exists(p));
+        let values = initramfs_values(&plan, |p| w.exists(p), |p| w.read_string(p).ok().flatten());
         let layer = Overlays::Embedded
             .layer("roles/usbboot_initramfs")
             .unwrap()

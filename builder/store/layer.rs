@@ -251,7 +251,6 @@ impl Store {
         if let Some(t) = self.layer_tree(&key) {
             return Ok(t);
         }
-        self.remove_abandoned()?;
         // Build on the largest stored layer this one contains: its
         // packages are installed once, and their files shared.
         let want: BTreeSet<&String> = packages.iter().collect();

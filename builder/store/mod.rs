@@ -46,6 +46,33 @@ pub struct Store {
     /// Shared lock on `.use` for as long as this process uses the store:
     /// `gc` takes it exclusively, so it never removes a base under a build.
     in_use: File,
+    /// The exclusive lock on `.lock`, shared by this process's threads (see
+    /// [`Store::lock`]).
+    lock: std::sync::Mutex<Held>,
+}
+
+/// The open `.lock` while any thread of this process holds it, and how
+/// many do.
+#[derive(Default)]
+struct Held {
+    file: Option<File>,
+    holders: usize,
+}
+
+/// One thread's share of the store's exclusive lock; the last one dropped
+/// unlocks.
+pub(crate) struct StoreLock<'a> {
+    store: &'a Store,
+}
+
+impl Drop for StoreLock<'_> {
+    fn drop(&mut self) {
+        let mut held = self.store.lock.lock().unwrap_or_else(|e| e.into_inner());
+        held.holders -= 1;
+        if held.holders == 0 {
+            held.file = None;
+        }
+    }
 }
 
 /// An unpacked base, ready to be linked into node trees.
@@ -100,6 +127,7 @@ impl Store {
         Ok(Store {
             root: dir.to_path_buf(),
             in_use,
+            lock: Default::default(),
         })
     }
 
@@ -131,9 +159,6 @@ impl Store {
         if let Some(t) = self.digest_of(base).and_then(|d| self.complete(&d)) {
             return Ok(t);
         }
-        // With the lock held no other ingest runs: a `.tmp-*` is what a
-        // killed one left, and it would only fill the disk.
-        self.remove_abandoned()?;
         match &base.source {
             BaseSource::Archive { path, checksum } => {
                 let t = self.ingest(path, checksum.as_ref(), path.display().to_string(), None)?;
@@ -351,16 +376,28 @@ impl Store {
             .with_context(|| format!("creating a temporary directory in {}", self.root.display()))
     }
 
-    /// Exclusive lock on the store: one ingest or gc at a time.
-    fn lock(&self) -> Result<File> {
-        let path = self.root.join(".lock");
-        let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        if f.try_lock_exclusive().is_err() {
-            tracing::info!("waiting for another chbuild using {}", self.root.display());
-            f.lock_exclusive()
-                .with_context(|| format!("locking {}", path.display()))?;
+    /// Exclusive lock on the store: one chbuild process builds into it (or
+    /// collects its garbage) at a time. Threads of this process share it,
+    /// so that independent store entries of one run (a Zero boot layer and
+    /// the next package layer) are built at once; they never build the
+    /// same key (see `pipeline::start_trees`). The thread that takes it
+    /// first removes what killed runs left (`.tmp-*`, which would only fill
+    /// the disk): no build of this process can be in progress then.
+    pub(crate) fn lock(&self) -> Result<StoreLock<'_>> {
+        let mut held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if held.holders == 0 {
+            let path = self.root.join(".lock");
+            let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            if f.try_lock_exclusive().is_err() {
+                tracing::info!("waiting for another chbuild using {}", self.root.display());
+                f.lock_exclusive()
+                    .with_context(|| format!("locking {}", path.display()))?;
+            }
+            self.remove_abandoned()?;
+            held.file = Some(f);
         }
-        Ok(f)
+        held.holders += 1;
+        Ok(StoreLock { store: self })
     }
 
     fn index_get(&self, key: &str) -> Option<String> {
@@ -409,4 +446,31 @@ fn file_key(path: &Path) -> Result<String> {
         "file-{}",
         hex::encode(Sha256::digest(id.as_bytes()))
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_share_the_lock_and_only_the_first_clears_leftovers() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        // What a killed run left.
+        fs::create_dir(t.path().join(".tmp-killed")).unwrap();
+        let first = store.lock().unwrap();
+        assert!(!t.path().join(".tmp-killed").exists());
+        // A build of this process in progress...
+        let live = store.tempdir().unwrap();
+        // ...survives another thread taking the lock too, without waiting.
+        std::thread::scope(|s| {
+            s.spawn(|| drop(store.lock().unwrap())).join().unwrap();
+        });
+        assert!(live.path().is_dir());
+        // Another process waits for it until the last holder lets go.
+        let other = File::create(t.path().join(".lock")).unwrap();
+        assert!(other.try_lock_exclusive().is_err());
+        drop(first);
+        assert!(other.try_lock_exclusive().is_ok());
+    }
 }

@@ -162,7 +162,6 @@ impl Store {
         if let Some(t) = self.layer_tree(&key) {
             return Ok(t);
         }
-        self.remove_abandoned()?;
         build(self, &key, parent, base, arch, boot)
     }
 }
