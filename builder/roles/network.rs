@@ -68,7 +68,7 @@ fn modules_is_most(conf: &str) -> bool {
     let value = conf
         .lines()
         .filter_map(|l| l.trim().strip_prefix("MODULES="))
-        .last()
+        .next_back()
         .map(|v| v.trim().trim_matches(['"', '\'']));
     matches!(value, None | Some("most"))
 }
