@@ -322,7 +322,7 @@ fn zeros_share_one_rebuilt_initramfs_that_brings_up_the_nfs_vlan() {
             .arg(&ov),
     )
     .unwrap();
-    let conf = ov.join("roles/usbboot_initramfs/etc/initramfs-tools/conf.d/chbuild-usbboot");
+    let conf = ov.join("roles/usbboot_initramfs/etc/initramfs-tools/conf.d/chbuild-usbboot.j2");
     let mut text = std::fs::read_to_string(&conf).unwrap();
     text.push_str("# changed\n");
     std::fs::write(&conf, text).unwrap();
