@@ -532,10 +532,13 @@ fn image_locked(
         &base,
         &todo.iter().map(|(p, _)| p).collect::<Vec<_>>(),
     )?;
-    let workers = std::thread::available_parallelism()
+    let cores = std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(1)
-        .min(todo.len().max(1));
+        .unwrap_or(1);
+    let workers = cores.min(todo.len().max(1));
+    // The cores go to the tarballs being compressed at once, not to each:
+    // memory stays that of one tarball per core, whatever the core count.
+    let zstd_workers = (cores / workers).max(1) as u32;
     let next = std::sync::atomic::AtomicUsize::new(0);
     type Built = (usize, (NodeArtifact, Vec<Move>), Vec<SecretFile>);
     let results: Vec<Result<Built>> = std::thread::scope(|scope| {
@@ -551,8 +554,9 @@ fn image_locked(
                         };
                         let mut stripped = vec![];
                         let collect = public.is_some().then_some(&mut stripped);
+                        let tar = want_tar.then_some(zstd_workers);
                         let r = build_node(
-                            profile, plan, inputs, start, &secrets, out, epoch, want_tar, collect,
+                            profile, plan, inputs, start, &secrets, out, epoch, tar, collect,
                         )
                         .map(|a| (i, a, stripped));
                         let failed = r.is_err();
@@ -627,7 +631,7 @@ fn build_node(
     secrets: &Secrets,
     out: &Path,
     epoch: i64,
-    want_tar: bool,
+    tar_workers: Option<u32>,
     public: Option<&mut Vec<SecretFile>>,
 ) -> Result<(NodeArtifact, Vec<Move>)> {
     let name = &plan.name;
@@ -636,10 +640,10 @@ fn build_node(
     let files_in_tree = build_tree(profile, plan, base, secrets, &tmp, epoch, public)?;
     let tarball_name = format!("{name}.tar.zst");
     let mut moves = vec![];
-    let (tarball, sha256, size) = if want_tar {
+    let (tarball, sha256, size) = if let Some(workers) = tar_workers {
         let started = Instant::now();
         let staged_tar = commit::staged(&tarball_name);
-        let info = artifact::write_tar_zst(&tmp, &out.join(&staged_tar), epoch)?;
+        let info = artifact::write_tar_zst(&tmp, &out.join(&staged_tar), epoch, workers)?;
         moves.push(Move::rename(staged_tar, tarball_name.clone()));
         tracing::info!(
             "{name}: {tarball_name} ({} MiB) in {:.1?}",

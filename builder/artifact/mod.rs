@@ -241,12 +241,15 @@ pub struct TarballInfo {
 /// Write `tree` as a deterministic zstd-compressed tar at `out`: entries
 /// sorted (the tar crate normalizes `./name` to `name`), numeric owners, mtimes clamped to `epoch`,
 /// xattrs as pax records, hardlinks inside the tree as link entries.
-pub fn write_tar_zst(tree: &Path, out: &Path, epoch: i64) -> Result<TarballInfo> {
+/// `workers` compression threads (at least one): the bytes are the same
+/// for any count; callers that write several tarballs at once share the
+/// machine's cores between them rather than start cores x cores threads.
+pub fn write_tar_zst(tree: &Path, out: &Path, epoch: i64, workers: u32) -> Result<TarballInfo> {
     // The tarball carries the node's secrets (munge key, host key, password
     // hash): it is never readable by others.
     let new = NewFile::create(out, Inode::new(0o600, Durability::Publish))?;
     let tmp = new.path().to_path_buf();
-    let (sha256, size, files) = write_entries(tree, new.file(), &tmp, epoch)?;
+    let (sha256, size, files) = write_entries(tree, new.file(), &tmp, epoch, workers)?;
     new.commit()?;
     Ok(TarballInfo {
         sha256,
@@ -261,6 +264,7 @@ fn write_entries(
     file: &fs::File,
     tmp: &Path,
     epoch: i64,
+    workers: u32,
 ) -> Result<(String, u64, u64)> {
     let hashing = HashingWriter {
         inner: BufWriter::new(file),
@@ -270,11 +274,13 @@ fn write_entries(
     let mut enc = zstd::Encoder::new(hashing, 3)?;
     // Any worker count >= 1 gives the same bytes; 0 (single-threaded
     // mode) would differ, so never use it.
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
-        .max(1);
-    enc.multithread(threads)?;
+    enc.multithread(workers.max(1))?;
+    // 1 MiB jobs instead of zstd's default (four windows, 8 MiB at this
+    // level): each worker buffers a few jobs. Measured on a Zero's tree
+    // (282 MiB compressed): two tarballs at once took 147 MiB of peak RSS
+    // with the default, 28 MiB with 1 MiB jobs, for 2% more bytes and the
+    // same time. The job size shapes the bytes (any worker count does not).
+    enc.set_parameter(zstd::stream::raw::CParameter::JobSize(1 << 20))?;
     enc.include_checksum(true)?;
     let mut builder = tar::Builder::new(enc);
     builder.follow_symlinks(false);
@@ -388,8 +394,9 @@ mod tests {
         std::os::unix::fs::symlink("hostname", tree.join("etc/link")).unwrap();
         let a = t.path().join("a.tar.zst");
         let b = t.path().join("b.tar.zst");
-        let ia = write_tar_zst(&tree, &a, 1_700_000_000).unwrap();
-        let ib = write_tar_zst(&tree, &b, 1_700_000_000).unwrap();
+        // One worker or several: the same bytes.
+        let ia = write_tar_zst(&tree, &a, 1_700_000_000, 1).unwrap();
+        let ib = write_tar_zst(&tree, &b, 1_700_000_000, 3).unwrap();
         assert_eq!(ia.sha256, ib.sha256);
         assert_eq!(ia.sha256, sha256_file(&a).unwrap());
         assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
