@@ -24,6 +24,8 @@
 //!   the product's own;
 //! - rpiboot: QEMU loads z1's kernel and initramfs and passes its command
 //!   line, all read from its deployed `boot/firmware`;
+//! - hub power: `clusterctrl on p1` switches the Zero's USB port on; here
+//!   starting z1's VM is that (deploy runs with `--no-power`);
 //! - the controller's SD card: its image as chbuild wrote it; the Zeros'
 //!   NFS directory, which `chbuild deploy` writes on the controller, is
 //!   written by `chbuild deploy --root` here and handed to the controller
