@@ -24,14 +24,36 @@ impl Lcg {
     }
 }
 
-fn kill_after(env: &Env, args: &[&str], sleep: &str, delay: Duration) {
+/// When a round kills the deploy.
+enum KillAt {
+    /// This long after the start.
+    After(Duration),
+    /// As soon as a staging directory shows in this NFS directory: a kill
+    /// in the middle of staging, whatever the machine's speed.
+    Staging(std::path::PathBuf),
+}
+
+fn kill_at(env: &Env, args: &[&str], sleep: &str, at: &KillAt) {
     let mut c = env.command(args);
     c.env("CHBUILD_TEST_SLEEP", sleep)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0);
     let mut child = c.spawn().unwrap();
-    std::thread::sleep(delay);
+    match at {
+        KillAt::After(delay) => std::thread::sleep(*delay),
+        KillAt::Staging(nfs) => {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !leftovers(nfs).iter().any(|n| n.contains(".staging-")) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the deploy made no staging directory in {}",
+                    nfs.display()
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
     // The process group: chbuild and whatever double it is running.
     let _ = std::process::Command::new("kill")
         .args(["-KILL", "--", &format!("-{}", child.id())])
@@ -90,7 +112,9 @@ fn sigkill_anywhere_leaves_old_or_new_tree() {
     // here (the same path as every round below).
     env.ok(&deploy_a);
     let p1 = env.nfs().join("p1");
-    let full = timed(&env, &deploy_b, sleep);
+    // The fastest of three: a first, cold run would put the random kills
+    // below past the end of a warm deploy.
+    let full = (0..3).map(|_| timed(&env, &deploy_b, sleep)).min().unwrap();
     let new = snapshot(&p1);
     env.ok(&deploy_a);
     let old = snapshot(&p1);
@@ -116,7 +140,14 @@ fn sigkill_anywhere_leaves_old_or_new_tree() {
             } else {
                 Duration::ZERO
             };
-        kill_after(&env, &deploy_b, sleep, delay);
+        // One round waits for staging to begin, so that a kill while
+        // staging is certain to be tried, however fast this machine is.
+        let at = if i == 2 {
+            KillAt::Staging(env.nfs())
+        } else {
+            KillAt::After(delay)
+        };
+        kill_at(&env, &deploy_b, sleep, &at);
         let left = leftovers(&env.nfs());
         let st = match state(&p1, &old, &new) {
             "old"
@@ -182,7 +213,7 @@ fn sigkill_during_usbboot_init_is_undone_by_the_next_run() {
     let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
     for i in 0..12 {
         let delay = full.mul_f64(rng.next_f64());
-        kill_after(&env, &deploy_b, sleep, delay);
+        kill_at(&env, &deploy_b, sleep, &KillAt::After(delay));
         let pending = leftovers(&env.nfs())
             .iter()
             .any(|n| n.ends_with(".chbuild-txn"));
