@@ -667,21 +667,25 @@ impl NodePlan {
         if self.packages.iter().any(|x| x == "exa" || x == "eza") {
             return;
         }
-        let field = |k: &str| {
-            os_release.lines().find_map(|l| {
-                l.strip_prefix(k)
-                    .and_then(|v| v.strip_prefix('='))
-                    .map(|v| v.trim().trim_matches('"').to_string())
-            })
-        };
-        let debian_like = field("ID").as_deref() == Some("debian")
+        let field = |k: &str| shell_assignment(os_release, k);
+        let debian_like = field("ID") == Some("debian")
             || field("ID_LIKE").is_some_and(|v| v.split_whitespace().any(|x| x == "debian"));
         if let (true, Some(suite)) = (debian_like, field("VERSION_CODENAME")) {
             if !suite.is_empty() {
-                self.add_packages("role shell (ll, la, lt)", &[ls_package_for_suite(&suite)]);
+                self.add_packages("role shell (ll, la, lt)", &[ls_package_for_suite(suite)]);
             }
         }
     }
+}
+
+/// The value `text` (a shell-style `KEY=value` file of the base:
+/// os-release, initramfs.conf) gives `key`: its last assignment, as the
+/// shell reading the file would leave it, without quotes.
+pub fn shell_assignment<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .next_back()
+        .map(|v| v.trim().trim_matches(['"', '\'']))
 }
 
 fn usbboot(p: &Profile, node: &Node) -> Option<UsbbootPlan> {
@@ -747,6 +751,16 @@ impl Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_assignment_is_the_last_one_unquoted() {
+        let os = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_CODENAME=bookworm\n";
+        assert_eq!(shell_assignment(os, "ID"), Some("debian"));
+        assert_eq!(shell_assignment(os, "VERSION_CODENAME"), Some("bookworm"));
+        assert_eq!(shell_assignment(os, "ID_LIKE"), None);
+        let conf = "# MODULES=list\nMODULES=most\n  MODULES='dep'\n";
+        assert_eq!(shell_assignment(conf, "MODULES"), Some("dep"));
+    }
 
     fn profile() -> Profile {
         crate::profile::default_profile_for_tests()

@@ -65,12 +65,10 @@ const INITRAMFS_CONF: &str = "etc/initramfs-tools/initramfs.conf";
 /// chose `list`, `dep` or `netboot` is left with its choice, which is
 /// already no larger.
 fn modules_is_most(conf: &str) -> bool {
-    let value = conf
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("MODULES="))
-        .next_back()
-        .map(|v| v.trim().trim_matches(['"', '\'']));
-    matches!(value, None | Some("most"))
+    matches!(
+        crate::profile::plan::shell_assignment(conf, "MODULES"),
+        None | Some("most")
+    )
 }
 
 /// The initramfs-tools files of `usbboot_initramfs` as rendered for
