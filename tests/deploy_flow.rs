@@ -419,3 +419,65 @@ fn deploy_waits_for_ssh_by_default() {
     let o = env.run(&["deploy", "z1", "--from", &a, "--dry-run", "--no-wait"]);
     assert!(!String::from_utf8_lossy(&o.stdout).contains("wait up to"));
 }
+
+#[test]
+fn bundle_redeploy_refreshes_prev_and_rewrites_only_what_changed() {
+    let env = Env::new();
+    // Three builds of one node that differ in one overlay file, as
+    // tarball bundles (the trees are kept beside them to compare with).
+    let spec = |site| NodeSpec {
+        filler: 300,
+        site: Some(site),
+        ..NodeSpec::new("z1", 1, "A")
+    };
+    let outs: Vec<String> = ["one", "two", "three"]
+        .iter()
+        .map(|site| {
+            let dir = env.path(site);
+            make_output(&dir, &[spec(site)], false);
+            dir.to_string_lossy().into_owned()
+        })
+        .collect();
+    let deploy = |i: usize| env.ok(&["deploy", "z1", "--bundle", &outs[i]]);
+    let nfs = env.nfs();
+    let (p1, prev) = (nfs.join("p1"), nfs.join("p1.prev"));
+
+    deploy(0);
+    // No previous tree yet: staged from the tarball alone.
+    let log = deploy(1);
+    assert!(!log.contains("from p1.prev"), "{log}");
+    let snap_two = snapshot(&p1);
+    let ino = |p: &std::path::Path| {
+        std::os::unix::fs::MetadataExt::ino(&fs::symlink_metadata(p).unwrap())
+    };
+    let before: std::collections::BTreeMap<_, _> = walkdir::WalkDir::new(&prev)
+        .into_iter()
+        .map(|e| e.unwrap().path().to_path_buf())
+        .filter(|p| !fs::symlink_metadata(p).unwrap().is_dir())
+        .map(|p| (p.strip_prefix(&prev).unwrap().to_path_buf(), ino(&p)))
+        .collect();
+    assert!(before.len() > 300);
+
+    // The third refreshes the first tree (p1.prev) in place.
+    let log = deploy(2);
+    assert!(log.contains("from p1.prev"), "{log}");
+    assert_eq!(
+        snapshot_without_marker(&p1),
+        snapshot_without_marker(&env.path("three/z1"))
+    );
+    assert_eq!(snapshot(&prev), snap_two);
+    assert_eq!(read(&p1.join("etc/site")), "three");
+    let mut rewritten = vec![];
+    for (rel, old) in &before {
+        if ino(&p1.join(rel)) != *old {
+            rewritten.push(rel.display().to_string());
+        }
+    }
+    // The changed file and the deploy marker, nothing else.
+    assert_eq!(rewritten, [".chbuild-build", "etc/site"]);
+    assert!(leftovers(&nfs).is_empty(), "{:?}", leftovers(&nfs));
+
+    // Rollback still swaps the trees.
+    env.ok(&["rollback", "z1"]);
+    assert_eq!(snapshot(&p1), snap_two);
+}

@@ -305,6 +305,9 @@ struct Job<'a> {
     run_init: bool,
     link: bool,
     was_on: bool,
+    /// Stage by refreshing `pN.prev` in place (a tarball, and a previous
+    /// tree to refresh).
+    refresh_prev: bool,
 }
 
 impl Job<'_> {
@@ -332,8 +335,12 @@ impl Job<'_> {
         let how = match &self.src.content {
             Content::Tree(_) if self.link => "hard links to the tree (copies of etc, var, boot...)",
             Content::Tree(_) => "a copy of the tree",
+            Content::Tarball { .. } if self.refresh_prev => {
+                "refreshing the old tree (renamed from {p}.prev) to the tarball's content, writing only what differs,"
+            }
             Content::Tarball { .. } => "unpacking the tarball",
         };
+        let how = how.replace("{p}", p);
         // The pid belongs to the run, not the plan: two dry runs must
         // print the same.
         s.push(format!(
@@ -536,6 +543,11 @@ fn plan_jobs<'a>(
             exists: target.symlink_metadata().is_ok(),
             run_init: src.has_file(RECONFIG),
             link,
+            refresh_prev: matches!(src.content, Content::Tarball { .. })
+                && nfs
+                    .join(format!("{}.prev", ub.pname))
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.is_dir()),
             was_on: power
                 .and_then(|p| p.get(&ub.slot))
                 .copied()
@@ -636,20 +648,42 @@ fn deploy_node(d: &NfsDir, j: &Job, args: &DeployOptions, nfs_server: &str) -> R
     let staged = d.join(&staging);
     let stats = match &j.src.content {
         Content::Tree(t) => stage::from_tree(t, &staged, j.link),
-        Content::Tarball { path, .. } => stage::from_tarball(
-            path,
-            &staged,
-            &d.trees(p)?,
-            j.src.has_file(stage::UNSHARE_BOOT),
-        ),
+        Content::Tarball { path, .. } => {
+            // The tree before the live one becomes the staging tree and
+            // is refreshed in place: on the controller's SD card a
+            // redeploy writes what changed. The rollback copy is given up
+            // for it; the commit makes the live tree `pN.prev`, as ever.
+            let refresh = j.refresh_prev;
+            if refresh {
+                d.rename(&format!("{p}.prev"), &staging)?;
+            }
+            stage::from_tarball(
+                path,
+                &staged,
+                &d.trees(p)?,
+                j.src.has_file(stage::UNSHARE_BOOT),
+                refresh,
+            )
+        }
     };
     let prepared = stats.and_then(|stats| {
-        tracing::info!(
-            "{p}: staged {} entries ({} hard-linked, {} MiB copied)",
-            stats.entries,
-            stats.linked,
-            stats.copied_bytes >> 20
-        );
+        if stats.kept + stats.pruned > 0 || j.refresh_prev {
+            tracing::info!(
+                "{p}: staged {} entries from {p}.prev: {} unchanged, {} hard-linked, {} removed, {} MiB written",
+                stats.entries,
+                stats.kept,
+                stats.linked,
+                stats.pruned,
+                stats.copied_bytes >> 20
+            );
+        } else {
+            tracing::info!(
+                "{p}: staged {} entries ({} hard-linked, {} MiB copied)",
+                stats.entries,
+                stats.linked,
+                stats.copied_bytes >> 20
+            );
+        }
         if let Some(bundle) = &args.secrets_bundle {
             // A public release carries no secrets: they join the staged
             // tree here, before the swap, so the node never runs without.

@@ -53,11 +53,19 @@ pub fn from_tree(src: &Path, dst: &Path, link: bool) -> Result<CopyStats> {
 /// hard-linked to it instead of written: Zeros from one base share their
 /// package files on the controller's card as they do on the build
 /// machine, and a redeploy writes only what changed there.
+///
+/// With `refresh`, `dst` is an old tree of this node (its `pN.prev`,
+/// renamed to the staging name) brought to the tarball's content in place:
+/// what is already identical stays, only what differs is written, what the
+/// tarball no longer has is removed (see [`crate::unpack::Unpacker::refresh`]).
+/// On the controller's SD card a redeploy then writes what changed, not a
+/// tree's worth of directories and inodes.
 pub fn from_tarball(
     tarball: &Path,
     dst: &Path,
     donors: &[std::path::PathBuf],
     unshares_boot: bool,
+    refresh: bool,
 ) -> Result<CopyStats> {
     let ctx = || format!("unpacking {}", tarball.display());
     let f = File::open(tarball).with_context(|| format!("opening {}", tarball.display()))?;
@@ -70,10 +78,12 @@ pub fn from_tarball(
     let mut dec = zstd::stream::read::Decoder::new(counted).with_context(ctx)?;
     dec.window_log_max(31).with_context(ctx)?;
     let mut ar = tar::Archive::new(dec);
-    fs::create_dir(dst).with_context(|| format!("creating {}", dst.display()))?;
+    if !refresh {
+        fs::create_dir(dst).with_context(|| format!("creating {}", dst.display()))?;
+    }
     let mut stats = CopyStats::default();
     let donors = crate::unpack::Donors::open(donors, policy(true, unshares_boot))?;
-    let shared = crate::unpack::unpack_tar_sharing(&mut ar, dst, tarball, donors, |e| {
+    let each = |e: crate::unpack::Entry| {
         stats.entries += 1;
         match e.kind {
             EntryKind::File => {
@@ -85,11 +95,18 @@ pub fn from_tarball(
             EntryKind::Symlink | EntryKind::Hardlink => {}
         }
         Ok(())
-    })?;
+    };
+    let shared = if refresh {
+        crate::unpack::refresh_tar(&mut ar, dst, tarball, donors, each)?
+    } else {
+        crate::unpack::unpack_tar_sharing(&mut ar, dst, tarball, donors, each)?
+    };
     progress.finish();
     stats.linked = shared.linked;
-    stats.copied -= shared.linked;
-    stats.copied_bytes -= shared.linked_bytes;
+    stats.kept = shared.kept;
+    stats.pruned = shared.pruned;
+    stats.copied -= shared.linked + shared.kept;
+    stats.copied_bytes -= shared.linked_bytes + shared.kept_bytes;
     Ok(stats)
 }
 
@@ -227,7 +244,7 @@ mod tests {
             zstd::encode_all(&b.into_inner().unwrap()[..], 1).unwrap(),
         )
         .unwrap();
-        let err = from_tarball(&tarball, &t.path().join("dst"), &[], false).unwrap_err();
+        let err = from_tarball(&tarball, &t.path().join("dst"), &[], false, false).unwrap_err();
         assert!(format!("{err:#}").contains("is a symbolic link"), "{err:#}");
         assert!(!outside.join("fifo").exists());
     }

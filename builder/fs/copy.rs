@@ -117,6 +117,10 @@ pub struct CopyStats {
     pub copied_bytes: u64,
     /// Device nodes and FIFOs.
     pub special: u64,
+    /// Refreshing an old tree: regular files left as they were, and
+    /// entries removed because the new content no longer has them.
+    pub kept: u64,
+    pub pruned: u64,
 }
 
 /// Recreate `src` at `dst` (which must not exist) with owners (when root),

@@ -44,7 +44,7 @@ pub const KNOWN: &[Known] = &[
     Known { name: "usbboot_img_checksum", target: Profile("base.checksum (empty: \"unverified\", warned about on every download)") },
     Known { name: "usbboot_download_dir", target: Offline("the archive is downloaded once on the build machine into the store (`--store`, CHBUILD_STORE), never on the controller") },
     Known { name: "usbboot_force_reextract", target: Deploy("`chbuild deploy --force` redeploys an unchanged build") },
-    Known { name: "usbboot_clean_before_extract", target: Offline("deploy always stages a fresh tree and swaps it in atomically; the old tree is kept as pN.prev") },
+    Known { name: "usbboot_clean_before_extract", target: Offline("deploy always stages a whole tree (new, or pN.prev brought exactly to the new content, stale files removed) and swaps it in atomically; the old tree is kept as pN.prev") },
     Known { name: "usbboot_enable_ssh", target: Offline("every node gets the `ssh` flag and a key-only sshd (user.ssh_key_only)") },
     Known { name: "usbboot_wait_for_ssh", target: Deploy("`chbuild deploy` waits for SSH by default; `--no-wait` when false") },
     Known { name: "usbboot_uninstall", target: Deploy("`chbuild deploy --uninstall`") },

@@ -16,6 +16,20 @@
 //! root-only directory) and the archive, the only other party, acts one
 //! entry at a time, through this code.
 //!
+//! Deploy may also *refresh* an old tree of its own instead of filling a new
+//! directory ([`Unpacker::refresh`]): the old tree (a node's `pN.prev`,
+//! renamed by deploy into its root-only staging name) is trusted no more
+//! than the archive. Whatever of it the archive does not name again is
+//! stale: a stale symlink or file where the archive needs a directory is
+//! removed, never followed; a stale directory where the archive puts a file
+//! is removed whole; what is left over at the end is pruned. A stale file,
+//! symlink or device node that already is what the archive says (same
+//! metadata and, for a file, the same bytes, compared as the archive
+//! streams by) is kept as it is, and so is a directory's metadata: a
+//! redeploy that changed one file writes that file, not the tree. A kept
+//! file is never written into (it may be one inode with the live tree), and
+//! a changed one is written as a new inode.
+//!
 //! Final components are created with calls that do not follow symlinks
 //! (`O_CREAT|O_EXCL`, `symlink`, `link`, `mknod`, `lchown`, `lsetxattr`,
 //! `lutimes`), and get their metadata in the order of
@@ -27,7 +41,7 @@ mod share;
 mod tar_entries;
 
 pub use share::{Donors, ShareStats};
-pub use tar_entries::{unpack_tar, unpack_tar_sharing, Entry};
+pub use tar_entries::{refresh_tar, unpack_tar, unpack_tar_sharing, Entry};
 
 use anyhow::{bail, Context, Result};
 use filetime::FileTime;
@@ -36,7 +50,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// What an archive entry is.
@@ -97,6 +112,9 @@ pub struct Unpacker {
     donors: Option<Donors>,
     /// The donor's bytes, compared with `buf`.
     theirs: Vec<u8>,
+    /// Refreshing an old tree: its root, and every non-directory path this
+    /// archive wrote or kept (directories are in `dirs`).
+    refresh: Option<(OwnedFd, HashSet<PathBuf>)>,
     pub skipped: Skipped,
 }
 
@@ -132,7 +150,42 @@ impl Unpacker {
             buf: vec![0; 1 << 17],
             donors: None,
             theirs: Vec::new(),
+            refresh: None,
             skipped: Skipped::default(),
+        }
+    }
+
+    /// Bring the existing tree `root` (a directory of this process, in a
+    /// directory only it writes) to exactly what the archive holds,
+    /// writing only what differs (see the module's comment). `donors`
+    /// says which paths may be shared; its trees are linked as by
+    /// [`Unpacker::sharing`].
+    pub fn refresh(root: &Path, donors: Donors) -> Result<Unpacker> {
+        let fd = File::open(root).with_context(|| format!("opening {}", root.display()))?;
+        let mut u = Unpacker::new(root).sharing(donors);
+        u.refresh = Some((OwnedFd::from(fd), HashSet::new()));
+        Ok(u)
+    }
+
+    /// A leftover of the old tree this archive has not named (refreshing
+    /// only; in a new tree nothing is stale).
+    fn stale(&self, rel: &Path) -> bool {
+        self.refresh
+            .as_ref()
+            .is_some_and(|(_, seen)| !seen.contains(rel) && !self.dirs.contains(rel))
+    }
+
+    /// Note a non-directory the archive put (or kept) at `rel`.
+    fn put(&mut self, rel: &Path) {
+        if let Some((_, seen)) = self.refresh.as_mut() {
+            seen.insert(rel.to_path_buf());
+        }
+    }
+
+    fn kept(&mut self, size: u64) {
+        if let Some(d) = self.donors.as_mut() {
+            d.stats.kept += 1;
+            d.stats.kept_bytes += size;
         }
     }
 
@@ -166,6 +219,14 @@ impl Unpacker {
             let full = self.root.join(&prefix);
             match fs::symlink_metadata(&full) {
                 Ok(md) if md.file_type().is_dir() => {}
+                // The old tree's file or symlink where this archive needs
+                // a directory: removed, never followed.
+                Ok(_) if create && self.stale(&prefix) => {
+                    fs::remove_file(&full)
+                        .with_context(|| format!("removing {}", full.display()))?;
+                    fs::create_dir(&full)
+                        .with_context(|| format!("creating {}", full.display()))?;
+                }
                 Ok(md) if md.file_type().is_symlink() => bail!(
                     "`{}` is a symbolic link: writing through it could leave the tree",
                     prefix.display()
@@ -183,10 +244,15 @@ impl Unpacker {
     }
 
     /// Clear the way for a non-directory at `full`: an earlier entry of the
-    /// same name is replaced, but never a directory.
+    /// same name is replaced, but never a directory of this archive (a
+    /// stale one of a refreshed tree goes, with what it holds).
     fn remove_existing(&self, rel: &Path) -> Result<()> {
         let full = self.root.join(rel);
         match fs::symlink_metadata(&full) {
+            Ok(md) if md.file_type().is_dir() && self.stale(rel) => {
+                // remove_dir_all does not follow symlinks inside.
+                fs::remove_dir_all(&full).with_context(|| format!("removing {}", full.display()))
+            }
             Ok(md) if md.file_type().is_dir() => {
                 bail!("it would replace the directory `{}`", rel.display())
             }
@@ -235,10 +301,28 @@ impl Unpacker {
         // A donor's copy, how many leading bytes of it match the archive,
         // and how many bytes of `buf` (read from the archive) follow them.
         let mut start: Option<(File, u64, usize)> = None;
-        let candidate = self
-            .donors
-            .as_ref()
-            .and_then(|d| d.candidate(rel, attrs, size));
+        // Refreshing: the old tree's own file at this path comes first.
+        let own = match (&self.refresh, &self.donors) {
+            (Some((root, _)), Some(d)) if self.stale(rel) => d.own(root, rel, attrs, size),
+            _ => None,
+        };
+        let candidate = match own {
+            Some(f) => {
+                let (matched, pending) =
+                    share::compare(&f, data, size, &mut self.buf, &mut self.theirs)?;
+                if pending.is_none() {
+                    self.put(rel);
+                    self.kept(size);
+                    return Ok(());
+                }
+                start = Some((f, matched, pending.unwrap_or(0)));
+                None
+            }
+            None => self
+                .donors
+                .as_ref()
+                .and_then(|d| d.candidate(rel, attrs, size)),
+        };
         if let Some(donor) = candidate {
             let (matched, pending) =
                 share::compare(&donor, data, size, &mut self.buf, &mut self.theirs)?;
@@ -256,6 +340,7 @@ impl Unpacker {
                             if let Some(d) = self.donors.as_mut() {
                                 d.counted(size);
                             }
+                            self.put(rel);
                             return Ok(());
                         }
                         // Another file system, or the inode's link limit:
@@ -319,12 +404,24 @@ impl Unpacker {
             copied += n as u64;
         }
         self.skipped.xattrs += attrs.to_fs().apply_to_file(&f, &full)?;
+        self.put(rel);
         Ok(())
     }
 
     pub fn symlink(&mut self, rel: &Path, target: &Path, attrs: &Attrs) -> Result<()> {
         self.prepare_parent(rel, true)?;
         let full = self.root.join(rel);
+        if self.stale(rel) {
+            let same = fs::symlink_metadata(&full).is_ok_and(|md| {
+                md.file_type().is_symlink()
+                    && fs::read_link(&full).is_ok_and(|t| t == target)
+                    && same_node(&md, &full, attrs, false)
+            });
+            if same {
+                self.put(rel);
+                return Ok(());
+            }
+        }
         let r = match std::os::unix::fs::symlink(target, &full) {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 self.remove_existing(rel)?;
@@ -333,6 +430,7 @@ impl Unpacker {
             r => r,
         };
         r.with_context(|| format!("creating the symlink {}", full.display()))?;
+        self.put(rel);
         self.finish_node(&full, attrs, true)
     }
 
@@ -342,6 +440,10 @@ impl Unpacker {
         let target = normalize(target).context("hardlink target")?;
         self.prepare_parent(&target, false)
             .context("hardlink target")?;
+        if self.stale(&target) {
+            // What a refreshed tree had there before is not this archive's.
+            bail!("hardlink target `{}` is not in the tree", target.display());
+        }
         let from = self.root.join(&target);
         match fs::symlink_metadata(&from) {
             Ok(md) if md.file_type().is_dir() => {
@@ -356,6 +458,17 @@ impl Unpacker {
         }
         self.prepare_parent(rel, true)?;
         let full = self.root.join(rel);
+        if self.stale(rel) {
+            let ino = |p: &Path| {
+                fs::symlink_metadata(p)
+                    .ok()
+                    .map(|m| (m.dev(), m.ino(), m.is_dir()))
+            };
+            if ino(&full).is_some_and(|i| !i.2 && Some(i) == ino(&from)) {
+                self.put(rel);
+                return Ok(());
+            }
+        }
         // link(2) does not follow a symlink given as the target.
         let r = match fs::hard_link(&from, &full) {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -364,7 +477,9 @@ impl Unpacker {
             }
             r => r,
         };
-        r.with_context(|| format!("linking {} to {}", full.display(), from.display()))
+        r.with_context(|| format!("linking {} to {}", full.display(), from.display()))?;
+        self.put(rel);
+        Ok(())
     }
 
     pub fn special(
@@ -376,6 +491,27 @@ impl Unpacker {
     ) -> Result<()> {
         self.prepare_parent(rel, true)?;
         let full = self.root.join(rel);
+        if self.stale(rel) {
+            let want = match kind {
+                EntryKind::Char => SFlag::S_IFCHR.bits(),
+                EntryKind::Block => SFlag::S_IFBLK.bits(),
+                _ => SFlag::S_IFIFO.bits(),
+            };
+            let rdev = if kind == EntryKind::Fifo {
+                0
+            } else {
+                nix::sys::stat::makedev(rdev.0.into(), rdev.1.into())
+            };
+            let same = fs::symlink_metadata(&full).is_ok_and(|md| {
+                md.mode() & libc::S_IFMT == want
+                    && md.rdev() == rdev
+                    && same_node(&md, &full, attrs, true)
+            });
+            if same {
+                self.put(rel);
+                return Ok(());
+            }
+        }
         // 0600 until the owner is set; the mode comes after it.
         let perm = Mode::from_bits_truncate(0o600);
         let make = || match kind {
@@ -404,6 +540,7 @@ impl Unpacker {
             Err(nix::errno::Errno::EPERM) if !self.privileged && kind != EntryKind::Fifo => {
                 // Only root may make device nodes; the manifest still lists it.
                 self.skipped.devices += 1;
+                self.put(rel);
                 return Ok(());
             }
             Err(e) => {
@@ -411,6 +548,7 @@ impl Unpacker {
                     .with_context(|| format!("creating {}", full.display()))
             }
         }
+        self.put(rel);
         self.finish_node(&full, attrs, false)
     }
 
@@ -421,18 +559,94 @@ impl Unpacker {
         Ok(())
     }
 
-    /// Apply directory metadata, deepest first, then return what was skipped.
-    pub fn finish(mut self) -> Result<Skipped> {
+    /// Prune what a refreshed tree had beyond the archive, apply directory
+    /// metadata, deepest first, then return what was shared and skipped.
+    pub fn finish(mut self) -> Result<(ShareStats, Skipped)> {
+        if self.refresh.is_some() {
+            self.prune()?;
+        }
         let mut deferred = std::mem::take(&mut self.deferred);
         // Stable sort: a directory listed twice gets its last entry's attrs.
         deferred.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
         for (rel, attrs) in &deferred {
             let full = self.root.join(rel);
-            self.finish_node(&full, attrs, false)
-                .with_context(|| format!("entry `{}`", display_name(rel)))?;
+            (|| {
+                if self.refresh.is_some() {
+                    let md = fs::symlink_metadata(&full)
+                        .with_context(|| format!("inspecting {}", full.display()))?;
+                    if same_node(&md, &full, attrs, true) {
+                        return Ok(());
+                    }
+                    // Names the archive does not give go; the rest is set.
+                    for (name, _) in crate::fs::read_xattrs(&full)? {
+                        if !attrs
+                            .xattrs
+                            .iter()
+                            .any(|(n, _)| std::ffi::OsStr::new(n) == name)
+                        {
+                            let _ = xattr::remove(&full, &name);
+                        }
+                    }
+                }
+                self.finish_node(&full, attrs, false)
+            })()
+            .with_context(|| format!("entry `{}`", display_name(rel)))?;
         }
-        Ok(self.skipped)
+        Ok((self.share_stats(), self.skipped))
     }
+
+    /// Remove every entry of a refreshed tree this archive did not name.
+    /// Every directory kept was checked to be one (it is in `dirs`), and
+    /// nothing else writes in the tree, so paths below it are safe to use.
+    fn prune(&mut self) -> Result<()> {
+        let mut walk = walkdir::WalkDir::new(&self.root)
+            .follow_links(false)
+            .min_depth(1)
+            .into_iter();
+        let mut pruned = 0;
+        while let Some(e) = walk.next() {
+            let e = e.with_context(|| format!("walking {}", self.root.display()))?;
+            let rel = e.path().strip_prefix(&self.root).expect("under the root");
+            if !self.stale(rel) {
+                continue;
+            }
+            let r = if e.file_type().is_dir() {
+                walk.skip_current_dir();
+                fs::remove_dir_all(e.path())
+            } else {
+                fs::remove_file(e.path())
+            };
+            r.with_context(|| format!("removing {}", e.path().display()))?;
+            pruned += 1;
+        }
+        if let Some(d) = self.donors.as_mut() {
+            d.stats.pruned += pruned;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a node already has the archive's owner, mode (unless a
+/// symlink's, which has none), mtime and exactly its xattrs.
+fn same_node(md: &fs::Metadata, full: &Path, attrs: &Attrs, mode: bool) -> bool {
+    if u64::from(md.uid()) != attrs.uid
+        || u64::from(md.gid()) != attrs.gid
+        || (mode && md.mode() & 0o7777 != attrs.mode & 0o7777)
+        || md.mtime() != attrs.mtime
+        || md.mtime_nsec() != i64::from(attrs.mtime_nsec)
+    {
+        return false;
+    }
+    let Ok(have) = crate::fs::read_xattrs(full) else {
+        return false;
+    };
+    let mut want: Vec<_> = attrs
+        .xattrs
+        .iter()
+        .map(|(n, v)| (std::ffi::OsString::from(n), v.clone()))
+        .collect();
+    want.sort();
+    have == want
 }
 
 pub fn display_name(rel: &Path) -> String {
@@ -624,6 +838,176 @@ mod tests {
             }
         }
         assert_eq!(fs::read(donor.join("usr/differs")).unwrap(), b"old!");
+    }
+
+    /// Everything a tree holds, by path: kind, mode, owner, mtime, xattrs,
+    /// bytes or target.
+    fn snapshot(root: &Path) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for e in walkdir::WalkDir::new(root).follow_links(false) {
+            let e = e.unwrap();
+            let m = e.path().symlink_metadata().unwrap();
+            let what = if m.is_file() {
+                format!("{:?}", fs::read(e.path()).unwrap())
+            } else if m.file_type().is_symlink() {
+                fs::read_link(e.path()).unwrap().display().to_string()
+            } else {
+                format!("rdev {}", m.rdev())
+            };
+            let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+            out.insert(
+                rel,
+                format!(
+                    "{:o} {}:{} {}.{} {:?} {what}",
+                    m.mode(),
+                    m.uid(),
+                    m.gid(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    crate::fs::read_xattrs(e.path()).unwrap()
+                ),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn refresh_writes_what_differs_and_ends_as_a_fresh_unpack() {
+        use tar::EntryType as T;
+        let t = tempfile::tempdir().unwrap();
+        let (uid, gid) = (
+            u64::from(nix::unistd::geteuid().as_raw()),
+            u64::from(nix::unistd::getegid().as_raw()),
+        );
+        let hdr = |kind, mode, size| {
+            let mut h = header(kind, mode, size);
+            h.set_uid(uid);
+            h.set_gid(gid);
+            h
+        };
+        let mut b = tar::Builder::new(Vec::new());
+        for d in ["./", "usr/", "etc/", "var/", "var/log/", "run/"] {
+            b.append_data(&mut hdr(T::Directory, 0o755, 0), d, io::empty())
+                .unwrap();
+        }
+        let files: [(&str, &[u8]); 8] = [
+            ("usr/same", b"same bytes"),
+            ("usr/changed", b"new bytes"),
+            ("usr/live", b"shared with the live tree"),
+            ("usr/was-a-dir", b"a file now"),
+            ("etc/same", b"private"),
+            ("etc/linked", b"private, but one inode with the live tree"),
+            ("etc/mode", b"same bytes, other mode"),
+            ("var/log/x", b"below what was a symlink"),
+        ];
+        for (name, data) in files {
+            b.append_data(&mut hdr(T::Regular, 0o644, data.len() as u64), name, data)
+                .unwrap();
+        }
+        b.append_link(&mut hdr(T::Link, 0o644, 0), "usr/same2", "usr/same")
+            .unwrap();
+        b.append_link(&mut hdr(T::Symlink, 0o777, 0), "etc/keep", "/usr/same")
+            .unwrap();
+        b.append_link(&mut hdr(T::Symlink, 0o777, 0), "etc/retarget", "/new")
+            .unwrap();
+        b.append_data(&mut hdr(T::Fifo, 0o600, 0), "run/fifo", io::empty())
+            .unwrap();
+        let data = b.into_inner().unwrap();
+        let archive = |root: &Path, refresh: bool| {
+            let donors = Donors::open(&[], crate::fs::LinkPolicy::link_top(["usr"])).unwrap();
+            let ar = &mut tar::Archive::new(&data[..]);
+            let name = Path::new("t.tar");
+            if refresh {
+                refresh_tar(ar, root, name, donors, |_| Ok(()))
+            } else {
+                fs::create_dir(root).unwrap();
+                unpack_tar_sharing(ar, root, name, donors, |_| Ok(()))
+            }
+        };
+        let fresh = t.path().join("fresh");
+        archive(&fresh, false).unwrap();
+
+        // The old tree: an earlier unpack of the same archive, then changed
+        // the ways a node, an older build or a hostile one could leave it.
+        let old = t.path().join("old");
+        let live = t.path().join("live");
+        let outside = t.path().join("outside");
+        fs::create_dir_all(&live).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        archive(&old, false).unwrap();
+        let o = |p: &str| old.join(p);
+        let stamp = |p: &Path| {
+            let when = FileTime::from_unix_time(1_700_000_000, 0);
+            filetime::set_symlink_file_times(p, when, when).unwrap();
+        };
+        fs::remove_file(o("usr/changed")).unwrap();
+        fs::write(o("usr/changed"), b"old bytes").unwrap(); // same size
+        fs::set_permissions(o("usr/changed"), fs::Permissions::from_mode(0o644)).unwrap();
+        stamp(&o("usr/changed"));
+        fs::hard_link(o("usr/live"), live.join("usr-live")).unwrap();
+        fs::hard_link(o("etc/linked"), live.join("etc-linked")).unwrap();
+        fs::set_permissions(o("etc/mode"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::remove_file(o("usr/was-a-dir")).unwrap();
+        fs::create_dir_all(o("usr/was-a-dir/deep")).unwrap();
+        fs::write(o("usr/was-a-dir/deep/f"), b"stale").unwrap();
+        fs::remove_dir_all(o("var/log")).unwrap();
+        std::os::unix::fs::symlink(&outside, o("var/log")).unwrap();
+        fs::remove_file(o("etc/retarget")).unwrap();
+        std::os::unix::fs::symlink("/old", o("etc/retarget")).unwrap();
+        fs::write(o("usr/gone"), b"no longer in the archive").unwrap();
+        fs::create_dir_all(o("olddir/sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, o("olddir/sub/out")).unwrap();
+        xattr::set(o("etc"), "user.stale", b"x").unwrap();
+        let ino = |p: &Path| p.symlink_metadata().unwrap().ino();
+        let kept =
+            ["usr/same", "usr/live", "etc/same", "etc/keep", "run/fifo"].map(|p| (p, ino(&o(p))));
+
+        let stats = archive(&old, true).unwrap();
+        assert_eq!(snapshot(&old), snapshot(&fresh));
+        for (p, i) in kept {
+            assert_eq!(ino(&o(p)), i, "{p} was rewritten");
+        }
+        assert_eq!(ino(&o("usr/same2")), ino(&o("usr/same")));
+        // Files one inode with the live tree: a shareable one kept, a
+        // private one written anew; the live tree's are untouched.
+        assert_eq!(ino(&o("usr/live")), ino(&live.join("usr-live")));
+        assert_ne!(ino(&o("etc/linked")), ino(&live.join("etc-linked")));
+        assert_eq!(
+            fs::read(live.join("etc-linked")).unwrap(),
+            b"private, but one inode with the live tree"
+        );
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        assert_eq!((stats.kept, stats.linked), (3, 0), "{stats:?}");
+        assert_eq!(stats.pruned, 2, "{stats:?}"); // usr/gone, olddir
+    }
+
+    #[test]
+    fn refresh_still_refuses_writing_through_the_archives_own_symlink() {
+        use tar::EntryType as T;
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        let root = t.path().join("root");
+        fs::create_dir_all(&outside).unwrap();
+        fs::create_dir_all(root.join("d")).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_link(&mut header(T::Symlink, 0o777, 0), "./d", &outside)
+            .unwrap();
+        b.append_data(&mut header(T::Regular, 0o644, 1), "./d/x", &b"x"[..])
+            .unwrap();
+        let data = b.into_inner().unwrap();
+        let donors = Donors::open(&[], crate::fs::LinkPolicy::copy_all()).unwrap();
+        let err = refresh_tar(
+            &mut tar::Archive::new(&data[..]),
+            &root,
+            Path::new("t.tar"),
+            donors,
+            |_| Ok(()),
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("archive entry `d/x` in t.tar"), "{msg}");
+        assert!(msg.contains("is a symbolic link"), "{msg}");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub struct ShareStats {
     /// Files hardlinked to a donor instead of written.
     pub linked: u64,
     pub linked_bytes: u64,
+    /// Refreshing a tree: files left as they were (identical), and
+    /// entries of the old tree the archive no longer has, removed.
+    pub kept: u64,
+    pub kept_bytes: u64,
+    pub pruned: u64,
 }
 
 impl Donors {
@@ -66,23 +71,48 @@ impl Donors {
             return None;
         }
         self.roots.iter().find_map(|(_, dir)| {
-            let fd = openat2(
-                dir,
-                rel,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-            )
-            .ok()?;
-            let f = File::from(fd);
+            let f = open_regular(dir, rel)?;
             same_metadata(&f, attrs, size).then_some(f)
         })
+    }
+
+    /// The file already at `rel` in the tree being refreshed (`root`), when
+    /// it may stay as it is if its bytes match: same metadata, and either
+    /// a path the policy shares or a file no other path links (a private
+    /// file the node may write in place must not be one inode with
+    /// anything else).
+    pub(super) fn own(&self, root: &OwnedFd, rel: &Path, attrs: &Attrs, size: u64) -> Option<File> {
+        let f = open_regular(root, rel)?;
+        let shareable = self.policy.links(rel);
+        let alone = f.metadata().is_ok_and(|m| m.nlink() == 1);
+        (same_metadata(&f, attrs, size) && (shareable || alone)).then_some(f)
     }
 
     pub(super) fn counted(&mut self, size: u64) {
         self.stats.linked += 1;
         self.stats.linked_bytes += size;
     }
+}
+
+/// Open the regular file at `rel` below `dir` for reading, never through
+/// a symlink and never opening anything else: the path is first opened
+/// `O_PATH` (which opens no device and waits on no FIFO a tree may hold
+/// there), and only a regular file is then reopened through
+/// `/proc/self/fd`, which opens that same inode.
+pub(super) fn open_regular(dir: &OwnedFd, rel: &Path) -> Option<File> {
+    let fd = openat2(
+        dir,
+        rel,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return None;
+    }
+    File::open(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
 }
 
 fn same_metadata(f: &File, attrs: &Attrs, size: u64) -> bool {

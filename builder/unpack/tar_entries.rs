@@ -48,6 +48,18 @@ pub fn unpack_tar_sharing<R: Read>(
     unpack_with(Unpacker::new(root).sharing(donors), ar, archive, each)
 }
 
+/// Bring the existing tree `root` to exactly this archive's content,
+/// writing only what differs (see [`Unpacker::refresh`]).
+pub fn refresh_tar<R: Read>(
+    ar: &mut tar::Archive<R>,
+    root: &Path,
+    archive: &Path,
+    donors: super::Donors,
+    each: impl FnMut(Entry) -> Result<()>,
+) -> Result<super::ShareStats> {
+    unpack_with(Unpacker::refresh(root, donors)?, ar, archive, each)
+}
+
 fn unpack_with<R: Read>(
     mut unpacker: Unpacker,
     ar: &mut tar::Archive<R>,
@@ -65,9 +77,8 @@ fn unpack_with<R: Read>(
             each(rec)?;
         }
     }
-    let shared = unpacker.share_stats();
     // Directory metadata is applied last: its errors need the name too.
-    let skipped = unpacker
+    let (shared, skipped) = unpacker
         .finish()
         .with_context(|| format!("unpacking {}", archive.display()))?;
     if skipped.devices + skipped.xattrs > 0 {

@@ -25,6 +25,8 @@ pub struct NodeSpec {
     pub reconfig: bool,
     /// Filler files, to make staging take a while.
     pub filler: usize,
+    /// Content of `etc/site`, the one file a site overlay changes.
+    pub site: Option<&'static str>,
 }
 
 impl NodeSpec {
@@ -35,6 +37,7 @@ impl NodeSpec {
             label,
             reconfig: false,
             filler: 0,
+            site: None,
         }
     }
 }
@@ -120,6 +123,16 @@ pub fn make_tree(root: &Path, s: &NodeSpec) {
             &format!("{} {i}\n", s.label).repeat(40),
             0o644,
         );
+    }
+    if let Some(site) = s.site {
+        write(root, "etc/site", site, 0o644);
+    }
+    // As chbuild's trees: every time clamped to SOURCE_DATE_EPOCH, so two
+    // builds of the same content have the same files.
+    let epoch = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+    for e in walkdir::WalkDir::new(root).contents_first(true) {
+        let e = e.unwrap();
+        filetime::set_symlink_file_times(e.path(), epoch, epoch).unwrap();
     }
 }
 
