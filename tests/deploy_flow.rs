@@ -481,3 +481,58 @@ fn bundle_redeploy_refreshes_prev_and_rewrites_only_what_changed() {
     env.ok(&["rollback", "z1"]);
     assert_eq!(snapshot(&p1), snap_two);
 }
+
+#[test]
+fn refreshing_a_hostile_prev_tree_writes_nothing_outside_it() {
+    let env = Env::new();
+    let spec = |site| NodeSpec {
+        site: Some(site),
+        ..NodeSpec::new("z1", 1, "A")
+    };
+    let (one, two) = (env.path("one"), env.path("two"));
+    make_output(&one, &[spec("one")], false);
+    make_output(&two, &[spec("two")], false);
+    env.ok(&["deploy", "z1", "--bundle", &one.to_string_lossy()]);
+    // A p1.prev a node (or anyone with its root over NFS) could have left:
+    // symlinks out of the tree where the tarball has directories and
+    // files, a directory where it has a file, a FIFO where it has a file.
+    let prev = env.nfs().join("p1.prev");
+    let outside = env.path("outside");
+    fs::create_dir_all(outside.join("etc")).unwrap();
+    fs::write(outside.join("etc/site"), "outside, untouched").unwrap();
+    fs::write(outside.join("hello"), "outside, untouched").unwrap();
+    let out_snap = snapshot(&outside);
+    std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(env.nfs().join("p1"))
+        .arg(&prev)
+        .status()
+        .unwrap();
+    fs::remove_dir_all(prev.join("etc")).unwrap();
+    std::os::unix::fs::symlink(outside.join("etc"), prev.join("etc")).unwrap();
+    fs::remove_file(prev.join("usr/bin/hello")).unwrap();
+    std::os::unix::fs::symlink(outside.join("hello"), prev.join("usr/bin/hello")).unwrap();
+    fs::remove_file(prev.join("usr/bin/su")).unwrap();
+    fs::create_dir_all(prev.join("usr/bin/su/deep")).unwrap();
+    fs::remove_file(prev.join("usr/bin/hello-again")).unwrap();
+    nix::unistd::mkfifo(
+        &prev.join("usr/bin/hello-again"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, prev.join("var/log/escape")).unwrap();
+
+    let log = env.ok(&["deploy", "z1", "--bundle", &two.to_string_lossy()]);
+    assert!(log.contains("from p1.prev"), "{log}");
+    assert_eq!(snapshot(&outside), out_snap);
+    let p1 = env.nfs().join("p1");
+    assert_eq!(
+        snapshot_without_marker(&p1),
+        snapshot_without_marker(&env.path("two/z1"))
+    );
+    assert!(
+        leftovers(&env.nfs()).is_empty(),
+        "{:?}",
+        leftovers(&env.nfs())
+    );
+}

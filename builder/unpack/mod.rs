@@ -1011,6 +1011,34 @@ mod tests {
     }
 
     #[test]
+    fn refresh_replaces_an_old_symlink_where_a_parent_is_implied() {
+        use tar::EntryType as T;
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        let root = t.path().join("root");
+        fs::create_dir_all(&outside).unwrap();
+        fs::create_dir_all(root.join("a")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a/b")).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        // No directory entries: `a/b` is only implied by the file's name.
+        b.append_data(&mut header(T::Regular, 0o644, 1), "a/b/f", &b"x"[..])
+            .unwrap();
+        let data = b.into_inner().unwrap();
+        let donors = Donors::open(&[], crate::fs::LinkPolicy::copy_all()).unwrap();
+        refresh_tar(
+            &mut tar::Archive::new(&data[..]),
+            &root,
+            Path::new("t.tar"),
+            donors,
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert!(root.join("a/b").symlink_metadata().unwrap().is_dir());
+        assert_eq!(fs::read(root.join("a/b/f")).unwrap(), b"x");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
     fn normalize_refuses_escapes() {
         assert_eq!(normalize(Path::new("./a/./b")).unwrap(), Path::new("a/b"));
         assert_eq!(normalize(Path::new("./")).unwrap(), Path::new(""));
