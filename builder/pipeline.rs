@@ -858,7 +858,9 @@ pub fn sd_image(
         .to_string_lossy()
         .into_owned();
     let staged_image = dir.join(commit::staged(&name));
-    let built = crate::disk::build_sd_image(&plan, &tree, &layout, &staged_image, epoch as u64);
+    let built =
+        crate::disk::build_sd_image_from(&plan, &tree, &layout, &staged_image, epoch as u64, true);
+    // Already gone when the image was built; not on an error.
     crate::fs::remove_tree(&tree)?;
     let built = built?;
     let sums = crate::disk::sha256_path(&staged_image);

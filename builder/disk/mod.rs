@@ -117,6 +117,20 @@ pub fn build_sd_image(
     out: &Path,
     epoch: u64,
 ) -> Result<SdImage> {
+    build_sd_image_from(plan, tree, layout, out, epoch, false)
+}
+
+/// [`build_sd_image`], and with `discard_tree` the tree (made for this
+/// image alone) is removed once the image holds it, while the image is
+/// hashed, instead of after.
+pub fn build_sd_image_from(
+    plan: &NodePlan,
+    tree: &Path,
+    layout: &Layout,
+    out: &Path,
+    epoch: u64,
+    discard_tree: bool,
+) -> Result<SdImage> {
     let started = std::time::Instant::now();
     let boot_rel = Path::new(plan.boot_dir.trim_matches('/'));
     if boot_rel.as_os_str().is_empty() {
@@ -163,38 +177,46 @@ pub fn build_sd_image(
         let partuuids = table::write_table(&img, layout.table, parts, &table_ids)?;
         tracing::debug!(?partuuids, "partition table written");
         treefix::point_tree_at(tree, boot_rel, &partuuids, epoch)?;
-        fat::write_fat(
-            &img,
-            parts[0].start,
-            parts[0].size,
-            &boot_dir,
-            ids.u32("fat"),
-            "bootfs",
-            epoch,
-        )?;
-        tracing::debug!(elapsed = ?started.elapsed(), "boot partition written");
-        // The image before the root partition is final: hash it while
-        // mke2fs runs (it uses about one core of two).
-        let (fitted, prefix) = std::thread::scope(|sc| -> Result<_> {
-            let prefix = sc.spawn(|| bmap::hash_prefix(&img, parts[1].start));
-            let fitted = {
-                let _aside = treefix::BootAside::new(tree, boot_rel)?;
-                let inodes = ext4::inode_count(usage, root_size);
-                ext4::make_ext4(
+        // The boot files are moved aside (ext4 gets an empty mount point)
+        // and make the FAT partition from there, while mke2fs makes the
+        // root partition (it uses about one core of two); then the image
+        // before the root partition is final and is hashed, still while
+        // mke2fs runs.
+        let aside = treefix::BootAside::new(tree, boot_rel)?;
+        let boot_files = aside.files();
+        // Both threads are joined when the scope ends, before the boot
+        // files go back (`aside` is dropped after it).
+        let (fitted, prefix) = std::thread::scope(|sc| {
+            let prefix = sc.spawn(|| -> Result<_> {
+                fat::write_fat(
                     &img,
-                    parts[1].start,
-                    parts[1].size,
-                    inodes,
-                    tree,
-                    &fs_uuid,
+                    parts[0].start,
+                    parts[0].size,
+                    &boot_files,
+                    ids.u32("fat"),
+                    "bootfs",
                     epoch,
-                )?
-            };
+                )?;
+                tracing::debug!(elapsed = ?started.elapsed(), "boot partition written");
+                bmap::hash_prefix(&img, parts[1].start)
+            });
+            let inodes = ext4::inode_count(usage, root_size);
+            let fitted = ext4::make_ext4(
+                &img,
+                parts[1].start,
+                parts[1].size,
+                inodes,
+                tree,
+                &fs_uuid,
+                epoch,
+            );
             let prefix = prefix
                 .join()
-                .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))??;
-            Ok((fitted, prefix))
-        })?;
+                .map_err(|_| anyhow::anyhow!("the hashing thread panicked"));
+            (fitted, prefix)
+        });
+        drop(aside);
+        let (fitted, prefix) = (fitted?, prefix??);
         if fitted {
             // mke2fs must not have touched the table it was given.
             let again = table::read_partuuids(&img, layout.table)?;
@@ -221,7 +243,15 @@ pub fn build_sd_image(
         );
     }
     tracing::debug!(elapsed = ?started.elapsed(), "root partition written");
-    let (map, sha256) = bmap::map_image(&img, head)?;
+    let (map, sha256) = std::thread::scope(|sc| {
+        let removed = discard_tree.then(|| sc.spawn(|| crate::fs::remove_tree(tree)));
+        let hashed = bmap::map_image(&img, head);
+        if let Some(r) = removed {
+            r.join()
+                .map_err(|_| anyhow::anyhow!("the removing thread panicked"))??;
+        }
+        hashed
+    })?;
     tracing::debug!(elapsed = ?started.elapsed(), "image mapped and hashed");
     let size = map.image_size;
     tmp.commit()?;

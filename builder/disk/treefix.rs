@@ -287,6 +287,17 @@ impl BootAside {
     }
 }
 
+impl BootAside {
+    /// Where the boot directory's files are while it is aside.
+    pub fn files(&self) -> PathBuf {
+        self.holder
+            .as_ref()
+            .expect("held until dropped")
+            .path()
+            .join("boot")
+    }
+}
+
 impl Drop for BootAside {
     fn drop(&mut self) {
         let Some(holder) = self.holder.take() else {
