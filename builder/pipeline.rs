@@ -239,18 +239,28 @@ fn zero_boot(base: &BaseTree, plan: &NodePlan) -> Result<Option<ZeroBoot>> {
     }))
 }
 
-/// The key each plan's tree starts from: its Zero boot layer's, else its
-/// package layer's, else the base's digest ([`start_trees`]).
-fn start_keys(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec<String>> {
+/// Where a plan's tree starts, decided before anything is built.
+struct Start {
+    /// Its Zero boot layer's key, else its package layer's, else the
+    /// base's digest.
+    key: String,
+    /// What its Zero boot layer is built from (rendered once, here).
+    zero_boot: Option<ZeroBoot>,
+}
+
+/// Where each plan's tree starts ([`start_trees`] builds it).
+fn start_keys(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec<Start>> {
     let packages = package_keys(store, base, plans)?;
     plans
         .iter()
         .zip(packages)
         .map(|(p, parent)| {
-            Ok(match zero_boot(base, p)? {
-                Some(zb) => crate::store::zero_boot::key(&parent, &zb),
+            let zero_boot = zero_boot(base, p)?;
+            let key = match &zero_boot {
+                Some(zb) => crate::store::zero_boot::key(&parent, zb),
                 None => parent,
-            })
+            };
+            Ok(Start { key, zero_boot })
         })
         .collect()
 }
@@ -263,10 +273,15 @@ fn start_keys(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec
 /// layer the others are built on: installed once, its files shared. A
 /// Zero's tree then starts from its Zero boot layer on that tree (see
 /// [`crate::store::zero_boot`]).
-pub fn start_trees(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Result<Vec<BaseTree>> {
-    if let Some(common) = shared_set(base, plans)? {
-        let arch = plans[0].architecture;
-        store.ensure_layer(base, arch, &common, &package_origins(plans))?;
+fn start_trees(
+    store: &Store,
+    base: &BaseTree,
+    plans: &[(&NodePlan, &Start)],
+) -> Result<Vec<BaseTree>> {
+    let plans_only: Vec<&NodePlan> = plans.iter().map(|(p, _)| *p).collect();
+    if let Some(common) = shared_set(base, &plans_only)? {
+        let arch = plans_only[0].architecture;
+        store.ensure_layer(base, arch, &common, &package_origins(&plans_only))?;
     }
     // Package layers are built one after another (they share apt's cache
     // and its lock). A Zero boot layer needs no apt: it is built on its own
@@ -274,33 +289,30 @@ pub fn start_trees(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Resul
     // layers install (mkinitramfs under emulation and dpkg under emulation
     // each keep one core busy). One thread per key: every Zero of a profile
     // shares one boot layer, and no key is ever built twice at once.
-    enum Start {
-        Ready(BaseTree),
-        Boot(String),
-    }
     std::thread::scope(|scope| {
         let mut boots = std::collections::BTreeMap::new();
-        let mut starts = vec![];
+        // Each plan's package layer, and its boot layer's key if it has one.
+        let mut starts: Vec<(BaseTree, Option<String>)> = vec![];
         let mut first_error = None;
-        for p in plans {
-            let built = store
-                .ensure_layer(base, p.architecture, &p.packages, &package_origins(&[p]))
-                .and_then(|tree| Ok((tree, zero_boot(base, p)?)));
-            match built {
-                Ok((tree, None)) => starts.push(Start::Ready(tree)),
-                Ok((tree, Some(zb))) => {
-                    let key = crate::store::zero_boot::key(&tree.digest, &zb);
-                    let arch = p.architecture;
-                    boots.entry(key.clone()).or_insert_with(|| {
-                        scope.spawn(move || store.ensure_zero_boot(&tree, &base.digest, arch, &zb))
-                    });
-                    starts.push(Start::Boot(key));
-                }
-                Err(e) => {
-                    first_error = Some(e);
-                    break;
-                }
-            }
+        for (p, start) in plans {
+            let tree =
+                match store.ensure_layer(base, p.architecture, &p.packages, &package_origins(&[p]))
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        first_error = Some(e);
+                        break;
+                    }
+                };
+            let boot = start.zero_boot.as_ref().map(|zb| {
+                let key = crate::store::zero_boot::key(&tree.digest, zb);
+                let (arch, layer) = (p.architecture, tree.clone());
+                boots.entry(key.clone()).or_insert_with(|| {
+                    scope.spawn(move || store.ensure_zero_boot(&layer, &base.digest, arch, zb))
+                });
+                key
+            });
+            starts.push((tree, boot));
         }
         let mut booted = std::collections::BTreeMap::new();
         for (key, h) in boots {
@@ -319,9 +331,9 @@ pub fn start_trees(store: &Store, base: &BaseTree, plans: &[&NodePlan]) -> Resul
         }
         Ok(starts
             .into_iter()
-            .map(|s| match s {
-                Start::Ready(t) => t,
-                Start::Boot(key) => booted[&key].clone(),
+            .map(|(tree, boot)| match boot {
+                Some(key) => booted[&key].clone(),
+                None => tree,
             })
             .collect())
     })
@@ -364,7 +376,7 @@ pub fn store_keep(profile: &Profile, store: &Store) -> Result<Vec<String>> {
             let plans = plans_of(&tree);
             let refs: Vec<&NodePlan> = plans.iter().collect();
             keep.extend(package_keys(store, &tree, &refs)?);
-            keep.extend(start_keys(store, &tree, &refs)?);
+            keep.extend(start_keys(store, &tree, &refs)?.into_iter().map(|s| s.key));
             // The shared layer the nodes' layers were built on.
             if let Some(common) = shared_set(&tree, &refs)? {
                 if let Some(k) = store.layer_key(&tree, refs[0].architecture, &common)? {
@@ -509,11 +521,12 @@ fn image_locked(
     let plans = plans_on(profile, &base, nodes);
     let starts = start_keys(store, &base, &plans.iter().collect::<Vec<_>>())?;
     let mut todo: Vec<(NodePlan, String)> = vec![];
+    let mut todo_starts = vec![];
     for (plan, start) in plans.into_iter().zip(starts) {
         let name = &plan.name;
         let inputs = format!(
             "{}{}",
-            inputs_hash(&shared, &plan, &start, epoch, &secrets)?,
+            inputs_hash(&shared, &plan, &start.key, epoch, &secrets)?,
             if public.is_some() { "-public" } else { "" }
         );
         if let Some(prev) = manifest.nodes.iter().find(|n| &n.name == name) {
@@ -526,11 +539,16 @@ fn image_locked(
             }
         }
         todo.push((plan, inputs));
+        todo_starts.push(start);
     }
     let starts = start_trees(
         store,
         &base,
-        &todo.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+        &todo
+            .iter()
+            .zip(&todo_starts)
+            .map(|((p, _), s)| (p, s))
+            .collect::<Vec<_>>(),
     )?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -817,7 +835,7 @@ pub fn sd_image(
     let base = store.ensure_base(&base_spec)?;
     plan.add_base_packages(&os_release(&base));
     let epoch = source_date_epoch(&base)?;
-    let start = start_keys(store, &base, &[&plan])?.remove(0);
+    let planned = start_keys(store, &base, &[&plan])?.remove(0);
     let inputs = format!(
         "{}-{}",
         inputs_hash(
@@ -826,7 +844,7 @@ pub fn sd_image(
                 shared_inputs(profile, &Overlays::builtin()?)?
             ),
             &plan,
-            &start,
+            &planned.key,
             epoch,
             &secrets
         )?,
@@ -847,7 +865,7 @@ pub fn sd_image(
     let _ = std::fs::remove_file(&stamp);
     let tree = dir.join(commit::staged(&format!("{node}.sd-tree")));
     let is_public = public.is_some();
-    let start = start_trees(store, &base, &[&plan])?.remove(0);
+    let start = start_trees(store, &base, &[(&plan, &planned)])?.remove(0);
     build_tree(profile, &plan, &start, &secrets, &tree, epoch, public)?;
     let started = Instant::now();
     // Built under a staged name, then image, bmap and checksum file are

@@ -450,11 +450,22 @@ fn bundle_redeploy_refreshes_prev_and_rewrites_only_what_changed() {
     let ino = |p: &std::path::Path| {
         std::os::unix::fs::MetadataExt::ino(&fs::symlink_metadata(p).unwrap())
     };
+    // Each old entry held open (O_PATH), so that an inode freed by the
+    // deploy cannot come back under the same number for a new file.
     let before: std::collections::BTreeMap<_, _> = walkdir::WalkDir::new(&prev)
         .into_iter()
         .map(|e| e.unwrap().path().to_path_buf())
         .filter(|p| !fs::symlink_metadata(p).unwrap().is_dir())
-        .map(|p| (p.strip_prefix(&prev).unwrap().to_path_buf(), ino(&p)))
+        .map(|p| {
+            use std::os::unix::fs::OpenOptionsExt;
+            let held = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+                .open(&p)
+                .unwrap();
+            let rel = p.strip_prefix(&prev).unwrap().to_path_buf();
+            (rel, (ino(&p), held))
+        })
         .collect();
     assert!(before.len() > 300);
 
@@ -468,7 +479,7 @@ fn bundle_redeploy_refreshes_prev_and_rewrites_only_what_changed() {
     assert_eq!(snapshot(&prev), snap_two);
     assert_eq!(read(&p1.join("etc/site")), "three");
     let mut rewritten = vec![];
-    for (rel, old) in &before {
+    for (rel, (old, _held)) in &before {
         if ino(&p1.join(rel)) != *old {
             rewritten.push(rel.display().to_string());
         }

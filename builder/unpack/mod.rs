@@ -596,34 +596,57 @@ impl Unpacker {
     }
 
     /// Remove every entry of a refreshed tree this archive did not name.
-    /// Every directory kept was checked to be one (it is in `dirs`), and
-    /// nothing else writes in the tree, so paths below it are safe to use.
+    /// Every directory of the new tree is in `dirs` (checked to be one),
+    /// so listing each of them finds every leftover, and nothing else
+    /// writes in the tree, so paths below them are safe to use.
     fn prune(&mut self) -> Result<()> {
-        let mut walk = walkdir::WalkDir::new(&self.root)
-            .follow_links(false)
-            .min_depth(1)
-            .into_iter();
+        use std::os::unix::ffi::OsStrExt;
         let mut pruned = 0;
-        while let Some(e) = walk.next() {
-            let e = e.with_context(|| format!("walking {}", self.root.display()))?;
-            let rel = e.path().strip_prefix(&self.root).expect("under the root");
-            if !self.stale(rel) {
-                continue;
-            }
-            let r = if e.file_type().is_dir() {
-                walk.skip_current_dir();
-                fs::remove_dir_all(e.path())
-            } else {
-                fs::remove_file(e.path())
+        let dirs: Vec<PathBuf> = self.dirs.iter().cloned().collect();
+        for rel in dirs {
+            let full = self.root.join(&rel);
+            let listing = || -> io::Result<Vec<PathBuf>> {
+                let fd = open_dir_noatime(&full)?;
+                let mut out = vec![];
+                for e in rustix::fs::Dir::read_from(&fd)? {
+                    let name = e?.file_name().to_bytes().to_vec();
+                    if name != b"." && name != b".." {
+                        out.push(rel.join(std::ffi::OsStr::from_bytes(&name)));
+                    }
+                }
+                Ok(out)
             };
-            r.with_context(|| format!("removing {}", e.path().display()))?;
-            pruned += 1;
+            let names = listing().with_context(|| format!("listing {}", full.display()))?;
+            for child in names.into_iter().filter(|c| self.stale(c)) {
+                let path = self.root.join(&child);
+                let md = fs::symlink_metadata(&path)
+                    .with_context(|| format!("inspecting {}", path.display()))?;
+                let r = if md.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                r.with_context(|| format!("removing {}", path.display()))?;
+                pruned += 1;
+            }
         }
         if let Some(d) = self.donors.as_mut() {
             d.stats.pruned += pruned;
         }
         Ok(())
     }
+}
+
+/// Open a directory to list it without setting its atime: under relatime
+/// the first listing of a directory whose atime is its mtime (as unpacked)
+/// would write its inode back, for every directory of the tree. Only the
+/// owner or root may ask for that; anyone else lists without.
+fn open_dir_noatime(path: &Path) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::open(path, flags | OFlags::NOATIME, Mode::empty())
+        .or_else(|_| rustix::fs::open(path, flags, Mode::empty()))
+        .map_err(io::Error::from)
 }
 
 /// Whether a node already has the archive's owner, mode (unless a
@@ -962,7 +985,15 @@ mod tests {
         let kept =
             ["usr/same", "usr/live", "etc/same", "etc/keep", "run/fifo"].map(|p| (p, ino(&o(p))));
 
+        // As unpacked, atime is mtime: under relatime a plain read or
+        // listing would set it (and write the inode back).
+        let atime = |p: &str| o(p).symlink_metadata().unwrap().atime();
+        let atimes = ["usr/same", "run", "etc/same"].map(|p| (p, atime(p)));
+
         let stats = archive(&old, true).unwrap();
+        for (p, a) in atimes {
+            assert_eq!(atime(p), a, "{p}: comparing changed its atime");
+        }
         assert_eq!(snapshot(&old), snapshot(&fresh));
         for (p, i) in kept {
             assert_eq!(ino(&o(p)), i, "{p} was rewritten");

@@ -20,7 +20,7 @@ use rustix::fs::{openat2, AtFlags, Mode, OFlags, ResolveFlags, CWD};
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use xattr::FileExt as _;
 
@@ -112,7 +112,17 @@ pub(super) fn open_regular(dir: &OwnedFd, rel: &Path) -> Option<File> {
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return None;
     }
-    File::open(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    // O_NOATIME: comparing must not dirty the inode. These files' atime is
+    // their mtime (as unpacked), so under relatime the first read would
+    // set it, writing every compared inode back to the card. Only the
+    // owner or root may ask for it; anyone else reads without.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(&path)
+        .or_else(|_| File::open(&path))
+        .ok()
 }
 
 fn same_metadata(f: &File, attrs: &Attrs, size: u64) -> bool {
