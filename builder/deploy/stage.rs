@@ -96,11 +96,12 @@ pub fn from_tarball(
         }
         Ok(())
     };
-    let shared = if refresh {
-        crate::unpack::refresh_tar(&mut ar, dst, tarball, donors, each)?
+    let unpacker = if refresh {
+        crate::unpack::Unpacker::refresh(dst, donors)?
     } else {
-        crate::unpack::unpack_tar_sharing(&mut ar, dst, tarball, donors, each)?
+        crate::unpack::Unpacker::new(dst).sharing(donors)
     };
+    let shared = crate::unpack::unpack_tar_with(unpacker, &mut ar, tarball, each)?;
     progress.finish();
     stats.linked = shared.linked;
     stats.kept = shared.kept;

@@ -41,7 +41,7 @@ mod share;
 mod tar_entries;
 
 pub use share::{Donors, ShareStats};
-pub use tar_entries::{refresh_tar, unpack_tar, unpack_tar_sharing, Entry};
+pub use tar_entries::{unpack_tar, unpack_tar_with, Entry};
 
 use anyhow::{bail, Context, Result};
 use filetime::FileTime;
@@ -711,6 +711,18 @@ mod tests {
         Ok(seen)
     }
 
+    /// Refresh the existing tree `root` to the archive, sharing nothing.
+    fn refresh(data: Vec<u8>, root: &Path) -> Result<ShareStats> {
+        let donors = Donors::open(&[], crate::fs::LinkPolicy::copy_all()).unwrap();
+        let ar = &mut tar::Archive::new(&data[..]);
+        unpack_tar_with(
+            Unpacker::refresh(root, donors)?,
+            ar,
+            Path::new("t.tar"),
+            |_| Ok(()),
+        )
+    }
+
     #[test]
     fn everything_survives_unpacking() {
         use tar::EntryType as T;
@@ -843,11 +855,10 @@ mod tests {
             crate::fs::LinkPolicy::link_top(["usr"]),
         )
         .unwrap();
-        let stats = unpack_tar_sharing(
+        let stats = unpack_tar_with(
+            Unpacker::new(&root).sharing(donors),
             &mut tar::Archive::new(&data[..]),
-            &root,
             Path::new("t.tar"),
-            donors,
             |_| Ok(()),
         )
         .unwrap();
@@ -940,12 +951,13 @@ mod tests {
             let donors = Donors::open(&[], crate::fs::LinkPolicy::link_top(["usr"])).unwrap();
             let ar = &mut tar::Archive::new(&data[..]);
             let name = Path::new("t.tar");
-            if refresh {
-                refresh_tar(ar, root, name, donors, |_| Ok(()))
+            let unpacker = if refresh {
+                Unpacker::refresh(root, donors)?
             } else {
                 fs::create_dir(root).unwrap();
-                unpack_tar_sharing(ar, root, name, donors, |_| Ok(()))
-            }
+                Unpacker::new(root).sharing(donors)
+            };
+            unpack_tar_with(unpacker, ar, name, |_| Ok(()))
         };
         let fresh = t.path().join("fresh");
         archive(&fresh, false).unwrap();
@@ -1025,16 +1037,7 @@ mod tests {
             .unwrap();
         b.append_data(&mut header(T::Regular, 0o644, 1), "./d/x", &b"x"[..])
             .unwrap();
-        let data = b.into_inner().unwrap();
-        let donors = Donors::open(&[], crate::fs::LinkPolicy::copy_all()).unwrap();
-        let err = refresh_tar(
-            &mut tar::Archive::new(&data[..]),
-            &root,
-            Path::new("t.tar"),
-            donors,
-            |_| Ok(()),
-        )
-        .unwrap_err();
+        let err = refresh(b.into_inner().unwrap(), &root).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("archive entry `d/x` in t.tar"), "{msg}");
         assert!(msg.contains("is a symbolic link"), "{msg}");
@@ -1054,16 +1057,7 @@ mod tests {
         // No directory entries: `a/b` is only implied by the file's name.
         b.append_data(&mut header(T::Regular, 0o644, 1), "a/b/f", &b"x"[..])
             .unwrap();
-        let data = b.into_inner().unwrap();
-        let donors = Donors::open(&[], crate::fs::LinkPolicy::copy_all()).unwrap();
-        refresh_tar(
-            &mut tar::Archive::new(&data[..]),
-            &root,
-            Path::new("t.tar"),
-            donors,
-            |_| Ok(()),
-        )
-        .unwrap();
+        refresh(b.into_inner().unwrap(), &root).unwrap();
         assert!(root.join("a/b").symlink_metadata().unwrap().is_dir());
         assert_eq!(fs::read(root.join("a/b/f")).unwrap(), b"x");
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);

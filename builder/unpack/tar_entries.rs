@@ -33,34 +33,13 @@ pub fn unpack_tar<R: Read>(
     archive: &Path,
     each: impl FnMut(Entry) -> Result<()>,
 ) -> Result<()> {
-    unpack_with(Unpacker::new(root), ar, archive, each).map(|_| ())
+    unpack_tar_with(Unpacker::new(root), ar, archive, each).map(|_| ())
 }
 
-/// [`unpack_tar`], linking each regular file that `donors` already hold
-/// byte for byte (with the same metadata) instead of writing it.
-pub fn unpack_tar_sharing<R: Read>(
-    ar: &mut tar::Archive<R>,
-    root: &Path,
-    archive: &Path,
-    donors: super::Donors,
-    each: impl FnMut(Entry) -> Result<()>,
-) -> Result<super::ShareStats> {
-    unpack_with(Unpacker::new(root).sharing(donors), ar, archive, each)
-}
-
-/// Bring the existing tree `root` to exactly this archive's content,
-/// writing only what differs (see [`Unpacker::refresh`]).
-pub fn refresh_tar<R: Read>(
-    ar: &mut tar::Archive<R>,
-    root: &Path,
-    archive: &Path,
-    donors: super::Donors,
-    each: impl FnMut(Entry) -> Result<()>,
-) -> Result<super::ShareStats> {
-    unpack_with(Unpacker::refresh(root, donors)?, ar, archive, each)
-}
-
-fn unpack_with<R: Read>(
+/// Unpack with an [`Unpacker`] the caller set up: one that shares files
+/// with donor trees ([`Unpacker::sharing`]) or that refreshes an old tree
+/// ([`Unpacker::refresh`]).
+pub fn unpack_tar_with<R: Read>(
     mut unpacker: Unpacker,
     ar: &mut tar::Archive<R>,
     archive: &Path,
