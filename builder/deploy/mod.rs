@@ -335,12 +335,11 @@ impl Job<'_> {
         let how = match &self.src.content {
             Content::Tree(_) if self.link => "hard links to the tree (copies of etc, var, boot...)",
             Content::Tree(_) => "a copy of the tree",
-            Content::Tarball { .. } if self.refresh_prev => {
+            Content::Tarball { .. } if self.refresh_prev => &format!(
                 "refreshing the old tree (renamed from {p}.prev) to the tarball's content, writing only what differs,"
-            }
+            ),
             Content::Tarball { .. } => "unpacking the tarball",
         };
-        let how = how.replace("{p}", p);
         // The pid belongs to the run, not the plan: two dry runs must
         // print the same.
         s.push(format!(
@@ -667,7 +666,7 @@ fn deploy_node(d: &NfsDir, j: &Job, args: &DeployOptions, nfs_server: &str) -> R
         }
     };
     let prepared = stats.and_then(|stats| {
-        if stats.kept + stats.pruned > 0 || j.refresh_prev {
+        if j.refresh_prev {
             tracing::info!(
                 "{p}: staged {} entries from {p}.prev: {} unchanged, {} hard-linked, {} removed, {} MiB written",
                 stats.entries,
