@@ -138,7 +138,15 @@ pub fn hash_prefix(image: &Path, end: u64) -> Result<PrefixHash> {
 /// Map the image and hash it: the block map with a checksum per range, and
 /// the SHA256 of the whole image (holes read as zeros). The two hashes run
 /// on two threads; `prefix` is a head start on the whole-image hash.
-pub fn map_image(image: &Path, prefix: Option<PrefixHash>) -> Result<(BlockMap, String)> {
+/// `then` runs on the range thread once its checksums are done: the
+/// whole-image hash takes longest and cannot start before mke2fs ends, so
+/// other work waits for a CPU the hash does not need (a third thread would
+/// take turns with it on a two-core machine).
+pub fn map_image<T: FnOnce() -> Result<()> + Send>(
+    image: &Path,
+    prefix: Option<PrefixHash>,
+    then: T,
+) -> Result<(BlockMap, String)> {
     let f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let size = f
         .metadata()
@@ -150,26 +158,27 @@ pub fn map_image(image: &Path, prefix: Option<PrefixHash>) -> Result<(BlockMap, 
         _ => (0, Sha256::new()),
     };
     let (ranges, whole) = std::thread::scope(|s| -> Result<_> {
-        let ranges = s.spawn(|| -> std::io::Result<Vec<Range>> {
+        let ranges = s.spawn(|| -> Result<Vec<Range>> {
             let mut out = Vec::with_capacity(spans.len());
             for &(first, last) in &spans {
                 let mut h = Sha256::new();
                 let end = ((last + 1) * BLOCK_SIZE).min(size);
-                hash_span(&f, &mut h, &[(first, last)], first * BLOCK_SIZE, end)?;
+                hash_span(&f, &mut h, &[(first, last)], first * BLOCK_SIZE, end)
+                    .with_context(|| format!("reading {}", image.display()))?;
                 out.push(Range {
                     first,
                     last,
                     sha256: hex::encode(h.finalize()),
                 });
             }
+            then()?;
             Ok(out)
         });
         hash_span(&f, &mut whole, &spans, from, size)
             .with_context(|| format!("reading {}", image.display()))?;
         let ranges = ranges
             .join()
-            .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))?
-            .with_context(|| format!("reading {}", image.display()))?;
+            .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))??;
         Ok((ranges, hex::encode(whole.finalize())))
     })?;
     let map = BlockMap {
@@ -323,11 +332,11 @@ mod tests {
         f.write_all_at(&[1u8; 10], 0).unwrap();
         f.write_all_at(&[2u8; 8192], 32 << 20).unwrap();
         drop(f);
-        let (map, whole) = map_image(&img, None).unwrap();
+        let (map, whole) = map_image(&img, None, || Ok(())).unwrap();
         assert_eq!(map.ranges.len(), 2);
         let prefix = hash_prefix(&img, 16 << 20).unwrap();
         assert_eq!(
-            map_image(&img, Some(prefix)).unwrap(),
+            map_image(&img, Some(prefix), || Ok(())).unwrap(),
             (map.clone(), whole.clone())
         );
         assert_eq!(map.ranges[0].first, 0);

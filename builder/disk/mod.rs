@@ -243,14 +243,9 @@ pub fn build_sd_image_from(
         );
     }
     tracing::debug!(elapsed = ?started.elapsed(), "root partition written");
-    let (map, sha256) = std::thread::scope(|sc| {
-        let removed = discard_tree.then(|| sc.spawn(|| crate::fs::remove_tree(tree)));
-        let hashed = bmap::map_image(&img, head);
-        if let Some(r) = removed {
-            r.join()
-                .map_err(|_| anyhow::anyhow!("the removing thread panicked"))??;
-        }
-        hashed
+    let (map, sha256) = bmap::map_image(&img, head, || match discard_tree {
+        true => crate::fs::remove_tree(tree),
+        false => Ok(()),
     })?;
     tracing::debug!(elapsed = ?started.elapsed(), "image mapped and hashed");
     let size = map.image_size;
