@@ -125,17 +125,31 @@ fn xattr_result(r: io::Result<()>, name: &std::ffi::OsStr, path: &Path) -> Resul
     }
 }
 
-/// Every xattr of a node, sorted by name; none on a file system without
-/// xattrs.
+/// Every xattr of a node (not followed if a symlink), sorted by name;
+/// none on a file system without xattrs.
 pub fn read_xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>> {
-    let names = match xattr::list(path) {
+    collect_xattrs(path, xattr::list(path), |n| xattr::get(path, n))
+}
+
+/// [`read_xattrs`] through an open file: those of the inode that was
+/// opened, whatever its path names now (`path` only names it in errors).
+pub fn read_xattrs_of(f: &File, path: &Path) -> Result<Vec<(OsString, Vec<u8>)>> {
+    collect_xattrs(path, f.list_xattr(), |n| f.get_xattr(n))
+}
+
+fn collect_xattrs(
+    path: &Path,
+    names: io::Result<xattr::XAttrs>,
+    get: impl Fn(&std::ffi::OsStr) -> io::Result<Option<Vec<u8>>>,
+) -> Result<Vec<(OsString, Vec<u8>)>> {
+    let names = match names {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("listing xattrs of {}", path.display())),
     };
     let mut out = Vec::new();
     for name in names {
-        if let Some(v) = xattr::get(path, &name).with_context(|| {
+        if let Some(v) = get(&name).with_context(|| {
             format!(
                 "reading the xattr {} of {}",
                 name.to_string_lossy(),

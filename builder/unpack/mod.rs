@@ -48,6 +48,7 @@ use filetime::FileTime;
 use nix::sys::stat::{Mode, SFlag};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::OwnedFd;
@@ -415,7 +416,7 @@ impl Unpacker {
             let same = fs::symlink_metadata(&full).is_ok_and(|md| {
                 md.file_type().is_symlink()
                     && fs::read_link(&full).is_ok_and(|t| t == target)
-                    && same_node(&md, &full, attrs, false)
+                    && same_node(&md, attrs, false, || crate::fs::read_xattrs(&full))
             });
             if same {
                 self.put(rel);
@@ -505,7 +506,7 @@ impl Unpacker {
             let same = fs::symlink_metadata(&full).is_ok_and(|md| {
                 md.mode() & libc::S_IFMT == want
                     && md.rdev() == rdev
-                    && same_node(&md, &full, attrs, true)
+                    && same_node(&md, attrs, true, || crate::fs::read_xattrs(&full))
             });
             if same {
                 self.put(rel);
@@ -574,11 +575,13 @@ impl Unpacker {
                 if self.refresh.is_some() {
                     let md = fs::symlink_metadata(&full)
                         .with_context(|| format!("inspecting {}", full.display()))?;
-                    if same_node(&md, &full, attrs, true) {
+                    // Read once: to compare, then to drop what is stale.
+                    let have = crate::fs::read_xattrs(&full)?;
+                    if same_inode_fields(&md, attrs, true) && same_xattrs(&have, attrs) {
                         return Ok(());
                     }
                     // Names the archive does not give go; the rest is set.
-                    for (name, _) in crate::fs::read_xattrs(&full)? {
+                    for (name, _) in have {
                         if !attrs
                             .xattrs
                             .iter()
@@ -649,27 +652,42 @@ fn open_dir_noatime(path: &Path) -> io::Result<OwnedFd> {
         .map_err(io::Error::from)
 }
 
-/// Whether a node already has the archive's owner, mode (unless a
-/// symlink's, which has none), mtime and exactly its xattrs.
-fn same_node(md: &fs::Metadata, full: &Path, attrs: &Attrs, mode: bool) -> bool {
-    if u64::from(md.uid()) != attrs.uid
-        || u64::from(md.gid()) != attrs.gid
-        || (mode && md.mode() & 0o7777 != attrs.mode & 0o7777)
-        || md.mtime() != attrs.mtime
-        || md.mtime_nsec() != i64::from(attrs.mtime_nsec)
-    {
-        return false;
-    }
-    let Ok(have) = crate::fs::read_xattrs(full) else {
-        return false;
-    };
+/// Whether an existing node already has what the archive gives it (the
+/// refresh keeps it then, and the sharing unpacker links it): owner,
+/// mtime, permission bits (with `mode`: a symlink's mean nothing) and
+/// exactly the archive's xattrs, read by `xattrs` only when the rest
+/// matches. Type, size and content are the caller's to compare.
+fn same_node(
+    md: &fs::Metadata,
+    attrs: &Attrs,
+    mode: bool,
+    xattrs: impl FnOnce() -> Result<Vec<(OsString, Vec<u8>)>>,
+) -> bool {
+    same_inode_fields(md, attrs, mode) && xattrs().is_ok_and(|have| same_xattrs(&have, attrs))
+}
+
+fn same_inode_fields(md: &fs::Metadata, attrs: &Attrs, mode: bool) -> bool {
+    u64::from(md.uid()) == attrs.uid
+        && u64::from(md.gid()) == attrs.gid
+        && (!mode || md.mode() & 0o7777 == attrs.mode & 0o7777)
+        && md.mtime() == attrs.mtime
+        && md.mtime_nsec() == i64::from(attrs.mtime_nsec)
+}
+
+/// `have` (sorted, as `crate::fs::read_xattrs` gives it) is exactly the
+/// archive's.
+fn same_xattrs(have: &[(OsString, Vec<u8>)], attrs: &Attrs) -> bool {
     let mut want: Vec<_> = attrs
         .xattrs
         .iter()
-        .map(|(n, v)| (std::ffi::OsString::from(n), v.clone()))
+        .map(|(n, v)| (OsString::from(n), v))
         .collect();
     want.sort();
-    have == want
+    have.len() == want.len()
+        && have
+            .iter()
+            .zip(want)
+            .all(|((hn, hv), (wn, wv))| *hn == wn && hv == wv)
 }
 
 pub fn display_name(rel: &Path) -> String {
@@ -818,12 +836,14 @@ mod tests {
         let long: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let mut long_old = long.clone();
         *long_old.last_mut().unwrap() ^= 1;
-        let files: [(&str, &[u8], &[u8]); 5] = [
+        let files: [(&str, &[u8], &[u8]); 6] = [
             ("usr/same", b"same bytes", b"same bytes"),
             ("usr/differs", b"new!", b"old!"),
             ("usr/long", &long, &long_old),
             ("etc/same", b"private", b"private"),
             ("usr/lib/f", b"outside", b"outside"),
+            // Same bytes, but the donor's has an xattr the entry lacks.
+            ("usr/xattr", b"same bytes", b"same bytes"),
         ];
         let donor = t.path().join("donor");
         let outside = t.path().join("outside");
@@ -847,6 +867,7 @@ mod tests {
             let when = FileTime::from_unix_time(1_700_000_000, 0);
             filetime::set_file_mtime(&at, when).unwrap();
         }
+        xattr::set(donor.join("usr/xattr"), "user.extra", b"x").unwrap();
         let root = t.path().join("root");
         fs::create_dir(&root).unwrap();
         let data = b.into_inner().unwrap();
@@ -924,8 +945,9 @@ mod tests {
             b.append_data(&mut hdr(T::Directory, 0o755, 0), d, io::empty())
                 .unwrap();
         }
-        let files: [(&str, &[u8]); 8] = [
+        let files: [(&str, &[u8]); 9] = [
             ("usr/same", b"same bytes"),
+            ("usr/xattr", b"same bytes, an xattr more in the old tree"),
             ("usr/changed", b"new bytes"),
             ("usr/live", b"shared with the live tree"),
             ("usr/was-a-dir", b"a file now"),
@@ -993,6 +1015,7 @@ mod tests {
         fs::create_dir_all(o("olddir/sub")).unwrap();
         std::os::unix::fs::symlink(&outside, o("olddir/sub/out")).unwrap();
         xattr::set(o("etc"), "user.stale", b"x").unwrap();
+        xattr::set(o("usr/xattr"), "user.stale", b"x").unwrap();
         let ino = |p: &Path| p.symlink_metadata().unwrap().ino();
         let kept =
             ["usr/same", "usr/live", "etc/same", "etc/keep", "run/fifo"].map(|p| (p, ino(&o(p))));

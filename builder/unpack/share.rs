@@ -22,7 +22,6 @@ use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use xattr::FileExt as _;
 
 /// Trees whose files a new tree may share, and which paths it may share.
 pub struct Donors {
@@ -72,7 +71,7 @@ impl Donors {
         }
         self.roots.iter().find_map(|(_, dir)| {
             let f = open_regular(dir, rel)?;
-            same_metadata(&f, attrs, size).then_some(f)
+            same_metadata(&f, rel, attrs, size).then_some(f)
         })
     }
 
@@ -85,7 +84,7 @@ impl Donors {
         let f = open_regular(root, rel)?;
         let shareable = self.policy.links(rel);
         let alone = f.metadata().is_ok_and(|m| m.nlink() == 1);
-        (same_metadata(&f, attrs, size) && (shareable || alone)).then_some(f)
+        (same_metadata(&f, rel, attrs, size) && (shareable || alone)).then_some(f)
     }
 
     pub(super) fn counted(&mut self, size: u64) {
@@ -125,35 +124,14 @@ pub(super) fn open_regular(dir: &OwnedFd, rel: &Path) -> Option<File> {
         .ok()
 }
 
-fn same_metadata(f: &File, attrs: &Attrs, size: u64) -> bool {
-    let Ok(m) = f.metadata() else {
-        return false;
-    };
-    if !m.is_file()
-        || m.len() != size
-        || m.mode() & 0o7777 != attrs.mode & 0o7777
-        || u64::from(m.uid()) != attrs.uid
-        || u64::from(m.gid()) != attrs.gid
-        || m.mtime() != attrs.mtime
-        || m.mtime_nsec() != i64::from(attrs.mtime_nsec)
-    {
-        return false;
-    }
-    let Ok(names) = f.list_xattr() else {
-        return attrs.xattrs.is_empty();
-    };
-    let mut have = Vec::new();
-    for n in names {
-        match f.get_xattr(&n) {
-            Ok(Some(v)) => have.push((n.to_string_lossy().into_owned(), v)),
-            Ok(None) => {}
-            Err(_) => return false,
-        }
-    }
-    have.sort();
-    let mut want = attrs.xattrs.clone();
-    want.sort();
-    have == want
+/// A regular file of `size` bytes with the entry's owner, mode, mtime and
+/// xattrs, all read through the descriptor that was opened.
+fn same_metadata(f: &File, rel: &Path, attrs: &Attrs, size: u64) -> bool {
+    f.metadata().is_ok_and(|m| {
+        m.is_file()
+            && m.len() == size
+            && super::same_node(&m, attrs, true, || crate::fs::read_xattrs_of(f, rel))
+    })
 }
 
 /// Compare the next `size` bytes of `data` with `donor`. Returns how many
