@@ -677,17 +677,15 @@ fn same_inode_fields(md: &fs::Metadata, attrs: &Attrs, mode: bool) -> bool {
 /// `have` (sorted, as `crate::fs::read_xattrs` gives it) is exactly the
 /// archive's.
 fn same_xattrs(have: &[(OsString, Vec<u8>)], attrs: &Attrs) -> bool {
-    let mut want: Vec<_> = attrs
+    let mut want: Vec<(OsString, &[u8])> = attrs
         .xattrs
         .iter()
-        .map(|(n, v)| (OsString::from(n), v))
+        .map(|(n, v)| (OsString::from(n), v.as_slice()))
         .collect();
     want.sort();
-    have.len() == want.len()
-        && have
-            .iter()
-            .zip(want)
-            .all(|((hn, hv), (wn, wv))| *hn == wn && hv == wv)
+    have.iter()
+        .map(|(n, v)| (n, v.as_slice()))
+        .eq(want.iter().map(|(n, v)| (n, *v)))
 }
 
 pub fn display_name(rel: &Path) -> String {
