@@ -343,3 +343,87 @@ fn zeros_share_one_rebuilt_initramfs_that_brings_up_the_nfs_vlan() {
     assert_eq!(log.matches("rebuilt in").count(), 1, "{log}");
     assert_eq!(sha(&initrd(&work.join("out4/z1"))), sha(&initrd(&z1)));
 }
+
+/// The Zero boot layer on a package layer: the package layer's own `etc`
+/// has the time it was built, so another build of it (another machine,
+/// another day) differs there; the initramfs must not. Also: the native
+/// tools the package layer's dpkg ran with leave nothing in its tree.
+#[test]
+fn an_initramfs_on_a_package_layer_is_the_same_whenever_the_layer_was_built() {
+    if !ready() {
+        return;
+    }
+    let mut c = env("zero-boot-on-layer");
+    let work = c.store.parent().unwrap().to_path_buf();
+    // The zero-boot profile with one package the fixture lacks, its base
+    // archive's path made absolute (the other files are in the secrets).
+    let dir = profile("zero-boot.toml").parent().unwrap().to_path_buf();
+    let text = std::fs::read_to_string(profile("zero-boot.toml")).unwrap();
+    let text = text
+        .replace(
+            "\"../../../shared/",
+            &format!("\"{}/../../../shared/", dir.display()),
+        )
+        .replace("\"e2fsprogs\",\n]", "\"e2fsprogs\", \"htop\",\n]");
+    assert!(
+        text.contains("\"htop\""),
+        "the profile's package list moved"
+    );
+    c.profile = work.join("profile.toml");
+    std::fs::write(&c.profile, text).unwrap();
+    c.ok(&["secrets", "init"]);
+
+    let first = work.join("out1");
+    let log = image(&c, &first, "z1", None);
+    assert_eq!(log.matches("rebuilt in").count(), 1, "{log}");
+    let boot = boot_layers(&c);
+    assert_eq!(boot.len(), 1, "{boot:#?}");
+    let o = c.ok(&["--json", "store", "list"]);
+    let all: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let layer = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "layer")
+        .expect("a package layer for htop")
+        .clone();
+    assert!(
+        layer["installed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("htop=")),
+        "{layer:#?}"
+    );
+    let tree = c
+        .store
+        .join("layers")
+        .join(layer["key"].as_str().unwrap())
+        .join("tree");
+    for leftover in ["run/chbuild-ld.so", "usr/lib/x86_64-linux-gnu", "lib64"] {
+        assert!(
+            std::fs::symlink_metadata(tree.join(leftover)).is_err(),
+            "{leftover} left in the package layer"
+        );
+    }
+    assert!(tree.join("usr/bin/htop").is_file());
+
+    // As if the package layer had been built an hour later.
+    let etc = tree.join("etc");
+    let when = std::fs::metadata(&etc).unwrap().mtime() + 3600;
+    let t = filetime::FileTime::from_unix_time(when, 0);
+    filetime::set_file_mtime(&etc, t).unwrap();
+    std::fs::remove_dir_all(
+        c.store
+            .join("layers")
+            .join(boot[0]["key"].as_str().unwrap()),
+    )
+    .unwrap();
+    let log = image(&c, &work.join("out2"), "z1", None);
+    assert_eq!(log.matches("rebuilt in").count(), 1, "{log}");
+    assert_eq!(
+        sha(&initrd(&work.join("out2/z1"))),
+        sha(&initrd(&first.join("z1"))),
+        "the initramfs follows the package layer's build time"
+    );
+}

@@ -11,7 +11,7 @@
 //! parent, in a private mount namespace, so nothing the store shares by
 //! hardlink is ever written. In the tree (chroot, under qemu-user when
 //! foreign) `mkinitramfs` builds each kernel's image, with the machine's
-//! own copying tools where possible (`initramfs-native.sh`, shared with
+//! own copying tools where possible (`native-tools.sh`, shared with
 //! Debian bases); each image replaces `initrd.img-<version>` wherever the
 //! parent has one (`boot/`, the boot directory), and
 //! `/var/lib/initramfs-tools/<version>` gets its sha1 as `update-initramfs`
@@ -36,7 +36,7 @@ use std::fs;
 use std::path::Path;
 
 /// Bumped when the way the layer is built changes what it holds.
-const FORMAT: &str = "chbuild-zero-boot-2";
+const FORMAT: &str = "chbuild-zero-boot-3";
 
 const MOUNT_SCRIPT: &str = include_str!("zero-boot-mount.sh");
 
@@ -112,6 +112,17 @@ pub fn kernels(root: &Path, boot_dir: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The layer's build, [`IN_TREE`] in the tree, with the machine's own
+/// copying tools and its `gzip` where they are the tree's very versions:
+/// mkinitramfs compresses with gzip when the tree has no zstd, and the
+/// image holds klibc's `gunzip`, never the compressor.
+fn native_script() -> String {
+    super::debian::native_tools(
+        &["gzip"],
+        &super::debian::NativeRun::Chroot(r#"/bin/sh -c "$CHBUILD_IN_TREE""#),
+    )
+}
+
 /// Whether a Zero's tree from `root` gets a boot layer: it has
 /// initramfs-tools and an initramfs to rebuild.
 pub fn applies(root: &Path, boot_dir: &str) -> Result<bool> {
@@ -124,13 +135,7 @@ pub fn applies(root: &Path, boot_dir: &str) -> Result<bool> {
 /// The key of the boot layer on the tree keyed `parent`.
 pub fn key(parent: &str, boot: &ZeroBoot) -> String {
     let mut h = Sha256::new();
-    for part in [
-        FORMAT,
-        parent,
-        &boot.boot_dir,
-        IN_TREE,
-        &super::debian::native_initramfs(""),
-    ] {
+    for part in [FORMAT, parent, &boot.boot_dir, IN_TREE, &native_script()] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -208,10 +213,7 @@ fn build(
         "mkinitramfs {} (in the tree, under emulation)",
         kernels.join(" ")
     ));
-    let outer = format!(
-        "set -e\nroot=$1\n{}",
-        super::debian::native_initramfs(r#"/bin/sh -c "$CHBUILD_IN_TREE""#)
-    );
+    let outer = format!("set -e\nroot=$1\n{}", native_script());
     let argv: Vec<OsString> = vec![
         "sh".into(),
         "-c".into(),
@@ -221,8 +223,13 @@ fn build(
     ];
     let versions = kernels.join(" ");
     // mkinitramfs clamps times and sorts its archive for a reproducible
-    // image; the time is the parent's (its `etc`), as the layer's key is.
-    let etc = parent.root.join("etc");
+    // image. The time is the base's (its `etc`, the default epoch of the
+    // nodes' trees), which the layer's key fixes through its parent's: a
+    // package layer's own `etc` has the time it was built.
+    let base_tree = store
+        .stored(base)
+        .with_context(|| format!("the base {base} of the Zero boot layer is not in the store"))?;
+    let etc = base_tree.root.join("etc");
     let epoch = {
         use std::os::unix::fs::MetadataExt;
         fs::metadata(&etc)
