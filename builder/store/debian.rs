@@ -70,76 +70,37 @@ ls "$root"/boot/vmlinuz-* >/dev/null 2>&1 || exit 0
 "#;
 
 /// The hook that builds every kernel's initramfs at the end: the prelude
-/// above, then `native-tools.sh` running `update-initramfs -c -k all`
+/// above, then `initramfs-native.sh` running `update-initramfs -c -k all`
 /// in the tree (the same text as before the native part was shared with
-/// the Zero boot layer and package layers, so existing bases keep their
-/// digest).
+/// the Zero boot layer, so existing bases keep their digest).
 fn build_initramfs() -> String {
     format!(
         "{BUILD_INITRAMFS_PRELUDE}{}",
-        native_tools(&[], &NativeRun::Chroot("update-initramfs -c -k all"))
+        native_initramfs(&[], "update-initramfs -c -k all")
     )
 }
 
-/// What `native-tools.sh` runs once the machine's tools are in place.
-pub enum NativeRun<'a> {
-    /// `chroot "$root" COMMAND`: shell text, expanded in a `sh -c '...'`
-    /// (single quotes: no single quote in it).
-    Chroot(&'a str),
-    /// The script's own arguments after the root, on the build machine:
-    /// apt, whose dpkg runs in the tree through `DPkg::Chroot-Directory`.
-    Args,
-}
-
-/// `native-tools.sh` for `run`: it expects `$root` set (and, for
-/// [`NativeRun::Args`], the command as its arguments) and runs it with
-/// the machine's own copying tools when it can, else all under
-/// emulation. `also` adds packages whose same-named program may run
-/// natively: only ones that nothing copies out of the tree, since the
-/// machine's program is what the tree shows while the command runs.
-pub fn native_tools(also: &[&str], run: &NativeRun) -> String {
-    let (inner, args, plain) = match run {
-        NativeRun::Chroot(command) => {
-            assert!(
-                !command.contains('\''),
-                "the command goes between single quotes"
-            );
-            let c = format!("chroot \"$root\" {command}");
-            (c.clone(), String::new(), c)
-        }
-        NativeRun::Args => (
-            "shift 2\n    \"$@\"".to_string(),
-            " \"$@\"".to_string(),
-            "\"$@\"".to_string(),
-        ),
-    };
+/// `initramfs-native.sh` with its command: it expects `$root` set and
+/// runs `chroot "$root" COMMAND`, with the native copying tools when it
+/// can, else all under emulation. `COMMAND` is shell text, expanded in
+/// a `sh -c '...'` (single quotes: no single quote in it). `also` adds
+/// packages whose same-named program may run natively: only ones no
+/// initramfs hook copies into the image, since the machine's program is
+/// what the tree shows while the command runs.
+pub fn native_initramfs(also: &[&str], command: &str) -> String {
+    assert!(
+        !command.contains('\''),
+        "the command goes between single quotes"
+    );
     let pkgs: String = also.iter().map(|p| format!(" {p}")).collect();
     // The file's first paragraph is its header comment.
-    let body = NATIVE_TOOLS
+    let body = NATIVE_INITRAMFS
         .split_once("\n\n")
-        .map_or(NATIVE_TOOLS, |(_, b)| b);
-    body.replace("@PKGS@", &pkgs)
-        .replace("@RUN@", &inner)
-        .replace("@ARGS@", &args)
-        .replace("@PLAIN@", &plain)
+        .map_or(NATIVE_INITRAMFS, |(_, b)| b);
+    body.replace("@PKGS@", &pkgs).replace("@COMMAND@", command)
 }
 
-const NATIVE_TOOLS: &str = include_str!("native-tools.sh");
-
-/// The packages whose programs `native_tools(also, ..)` may run from the
-/// machine: the script's own list and `also`.
-pub fn native_packages(also: &[&str]) -> Vec<String> {
-    let line = NATIVE_TOOLS
-        .lines()
-        .find_map(|l| l.strip_prefix("pkgs=\""))
-        .expect("native-tools.sh names its packages");
-    line.trim_end_matches('"')
-        .replace("@PKGS@", "")
-        .split_whitespace()
-        .chain(also.iter().copied())
-        .map(String::from)
-        .collect()
-}
+const NATIVE_INITRAMFS: &str = include_str!("initramfs-native.sh");
 
 /// The store key of a recipe.
 pub fn recipe_digest(r: &DebianRecipe) -> String {
@@ -291,8 +252,7 @@ mod tests {
     #[test]
     fn the_shared_native_part_keeps_the_hook_and_the_digest() {
         // sha256 of the hook's text before its native part moved to
-        // native-tools.sh (was initramfs-native.sh): stored bases keep
-        // their digest.
+        // initramfs-native.sh: stored bases keep their digest.
         assert_eq!(
             hex::encode(Sha256::digest(build_initramfs())),
             "862032d5e8d3a52fd0f742f058f5bb62b1431f9974dcd917d2c61ce24be3328b"
@@ -300,22 +260,11 @@ mod tests {
     }
 
     #[test]
-    fn native_tools_run_their_command_or_their_arguments() {
-        assert_eq!(
-            native_packages(&["tar"]),
-            ["coreutils", "findutils", "zstd", "tar"]
-        );
-        let layer = native_tools(&["tar"], &NativeRun::Args);
-        assert!(layer.contains("pkgs=\"coreutils findutils zstd tar\""));
-        assert!(layer.contains("shift 2\n    \"$@\"\n  ' sh \"$root\" \"$work/mounts\" \"$@\" ||"));
-        assert!(layer.contains("\nif [ \"$native\" = no ]; then\n  \"$@\"\nfi"));
-        let zero = native_tools(&[], &NativeRun::Chroot("mkinitramfs"));
-        assert_eq!(zero.matches("chroot \"$root\" mkinitramfs").count(), 2);
-        for t in [&layer, &zero] {
-            for word in ["@PKGS@", "@RUN@", "@ARGS@", "@PLAIN@"] {
-                assert!(!t.contains(word), "{word} left in {t}");
-            }
-        }
+    fn more_native_packages_for_one_caller_only() {
+        let zero = native_initramfs(&["gzip"], "mkinitramfs");
+        assert!(zero.contains("pkgs=\"coreutils findutils zstd gzip\"\n"));
+        assert_eq!(zero.matches("chroot \"$root\" mkinitramfs\n").count(), 2);
+        assert!(!zero.contains('@'), "{zero}");
     }
 
     #[test]

@@ -8,10 +8,7 @@
 //! built in an overlayfs mount over its parent (the base, or the largest
 //! stored layer whose set it contains), with apt running natively and
 //! dpkg in the tree (`DPkg::Chroot-Directory`, under qemu-user when the
-//! architecture is foreign), no daemon started. The programs dpkg and the
-//! maintainer scripts only copy and unpack with (`tar`, `rm`, `cp`...) are
-//! the machine's own when it has the tree's very versions
-//! (`native-tools.sh`, as for initramfs builds). The upper directory is
+//! architecture is foreign), no daemon started. The upper directory is
 //! then folded into a tree whose untouched files are the parent's inodes
 //! (hardlinks), so layers and node trees keep sharing the base's `usr/`.
 //!
@@ -43,9 +40,6 @@ const FORMAT: &str = "chbuild-layer-1";
 
 const MOUNT_SCRIPT: &str = include_str!("layer-mount.sh");
 const APT_CONF: &str = include_str!("layer-apt.conf");
-/// Besides the copying tools `native-tools.sh` knows, `tar`: dpkg-deb
-/// extracts every package's control archive with it.
-const NATIVE_ALSO: &[&str] = &["tar"];
 
 /// What `store list` shows of a layer, and what later builds read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -424,30 +418,7 @@ impl LayerBuild<'_> {
 
         let mut args = vec!["install", "--"];
         args.extend(self.packages.iter().map(String::as_str));
-        let install = apt_argv("apt-get", &args);
-        let install = match self.plan_spares_native_tools(&run, &apt_argv)? {
-            // dpkg's own `tar` (the control archive) and `rm` (its scratch
-            // directory), and the maintainer scripts' copying tools, run
-            // natively: with about 0.2 s per emulated process start, that
-            // is a third of the unpacking.
-            true => {
-                let script = format!(
-                    "set -e\nroot=$1\nshift\n{}",
-                    super::debian::native_tools(NATIVE_ALSO, &super::debian::NativeRun::Args)
-                );
-                let mut v: Vec<OsString> = vec![
-                    "sh".into(),
-                    "-c".into(),
-                    script.into(),
-                    "sh".into(),
-                    merged.clone().into(),
-                ];
-                v.extend(install);
-                v
-            }
-            false => install,
-        };
-        let (ok, log) = run(install)?;
+        let (ok, log) = run(apt_argv("apt-get", &args))?;
         if !ok {
             bail!("{}", install_failure(&log, self.packages, self.origins));
         }
@@ -549,27 +520,6 @@ impl LayerBuild<'_> {
         })
     }
 
-    /// Whether the install leaves every package whose programs may run
-    /// from the machine as it is: the machine's program is mounted over
-    /// the tree's while dpkg runs, so dpkg could not replace it (apt's
-    /// simulation, `Inst` lines).
-    fn plan_spares_native_tools(
-        &self,
-        run: &dyn Fn(Vec<OsString>) -> Result<(bool, String)>,
-        apt_argv: &dyn Fn(&str, &[&str]) -> Vec<OsString>,
-    ) -> Result<bool> {
-        let mut args = vec!["install", "--simulate", "--"];
-        args.extend(self.packages.iter().map(String::as_str));
-        let (ok, out) = run(apt_argv("apt-get", &args))?;
-        if !ok {
-            // The install itself says why, with its own error.
-            return Ok(false);
-        }
-        let native = super::debian::native_packages(NATIVE_ALSO);
-        let touched = simulated_installs(&out).any(|p| native.iter().any(|n| n == p));
-        Ok(!touched)
-    }
-
     /// Every package must exist in the base's sources: an unknown one is
     /// named with the group and node that asked for it, before anything
     /// is installed.
@@ -647,15 +597,6 @@ fn copy_sources(root: &Path, dest: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The packages an `apt-get --simulate install` would unpack (`Inst NAME
-/// ...`, new ones and upgrades alike), without the architecture.
-fn simulated_installs(out: &str) -> impl Iterator<Item = &str> {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("Inst "))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .map(|name| name.split(':').next().unwrap_or(name))
 }
 
 /// Packages `apt-cache policy` shows with an installation candidate.
@@ -749,18 +690,6 @@ mod tests {
         assert!(list.contains("http://mirror/debian") && list.contains(" copy:/srv/repo"));
         let s = fs::read_to_string(dest.join("sources.list.d/local.sources")).unwrap();
         assert!(s.contains("URIs: copy:/srv/other"), "{s}");
-    }
-
-    #[test]
-    fn simulation_lists_what_would_be_unpacked() {
-        let out = "Reading package lists...\n\
-                   Inst libc6 [2.36-9] (2.36-9+deb12u4 Debian:12.8/stable [arm64])\n\
-                   Inst tar:arm64 (1.34+dfsg-1.2+deb12u1 Debian:12.8/stable [arm64])\n\
-                   Conf libc6 (2.36-9+deb12u4 Debian:12.8/stable [arm64])\n";
-        assert_eq!(
-            simulated_installs(out).collect::<Vec<_>>(),
-            ["libc6", "tar"]
-        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! parent, in a private mount namespace, so nothing the store shares by
 //! hardlink is ever written. In the tree (chroot, under qemu-user when
 //! foreign) `mkinitramfs` builds each kernel's image, with the machine's
-//! own copying tools where possible (`native-tools.sh`, shared with
+//! own copying tools where possible (`initramfs-native.sh`, shared with
 //! Debian bases); each image replaces `initrd.img-<version>` wherever the
 //! parent has one (`boot/`, the boot directory), and
 //! `/var/lib/initramfs-tools/<version>` gets its sha1 as `update-initramfs`
@@ -117,10 +117,7 @@ pub fn kernels(root: &Path, boot_dir: &str) -> Result<Vec<String>> {
 /// mkinitramfs compresses with gzip when the tree has no zstd, and the
 /// image holds klibc's `gunzip`, never the compressor.
 fn native_script() -> String {
-    super::debian::native_tools(
-        &["gzip"],
-        &super::debian::NativeRun::Chroot(r#"/bin/sh -c "$CHBUILD_IN_TREE""#),
-    )
+    super::debian::native_initramfs(&["gzip"], r#"/bin/sh -c "$CHBUILD_IN_TREE""#)
 }
 
 /// Whether a Zero's tree from `root` gets a boot layer: it has

@@ -1,11 +1,10 @@
-# Run a command in a tree of a foreign architecture (mkinitramfs or
-# update-initramfs in a chroot, or apt installing a package layer with
-# dpkg chrooted) with the build machine's own copying tools where that
-# gives the same result, else all under emulation. Included (this header
-# paragraph dropped, the @...@ words replaced) by debian.rs's
-# BUILD_INITRAMFS hook, the Zero boot layer (zero_boot.rs) and package
-# layers (layer.rs): see native_tools in debian.rs. The caller sets `root`
-# and `set -e`. Why and how: see BUILD_INITRAMFS_PRELUDE in debian.rs.
+# Run `chroot "$root" @COMMAND@` (mkinitramfs or update-initramfs in a
+# tree of a foreign architecture) with the build machine's own copying
+# tools where that gives the same result, else all under emulation.
+# Included (this header paragraph dropped, @COMMAND@ and @PKGS@ replaced)
+# by debian.rs's BUILD_INITRAMFS hook and by the Zero boot layer (see
+# zero_boot.rs); the caller sets `root` and `set -e`. Why and how: see
+# BUILD_INITRAMFS_PRELUDE in debian.rs.
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -63,8 +62,8 @@ if [ "$native" = yes ]; then
     root=$1
     while read -r from to; do mount --bind "$from" "$root$to" || exit 99; done <"$2"
     chroot "$root" /usr/bin/realpath -ms / >/dev/null || exit 99
-    @RUN@
-  ' sh "$root" "$work/mounts"@ARGS@ || status=$?
+    chroot "$root" @COMMAND@
+  ' sh "$root" "$work/mounts" || status=$?
   while read -r d parent; do
     while [ "$d" != "$parent" ]; do rm -d "$root$d"; d=$(dirname "$d"); done
   done <"$work/undo"
@@ -72,5 +71,5 @@ if [ "$native" = yes ]; then
   [ "$status" = 99 ] && native=no || [ "$status" = 0 ] || exit "$status"
 fi
 if [ "$native" = no ]; then
-  @PLAIN@
+  chroot "$root" @COMMAND@
 fi
