@@ -186,7 +186,11 @@ fn ini_value(v: &str, file: &Path) -> Sourced {
 
 /// `z[1:4]` -> z1..z4; `p[01:03]` keeps the width; anything else as is.
 fn expand_range(name: &str) -> Result<Vec<String>> {
-    let (Some(open), Some(close)) = (name.find('['), name.find(']')) else {
+    // The first `]` after the first `[`: a `]` before it is part of the name.
+    let Some((open, close)) = name
+        .find('[')
+        .and_then(|o| name[o..].find(']').map(|c| (o, o + c)))
+    else {
         return Ok(vec![name.to_string()]);
     };
     let (pre, inner, post) = (&name[..open], &name[open + 1..close], &name[close + 1..]);
@@ -198,8 +202,17 @@ fn expand_range(name: &str) -> Result<Vec<String>> {
         a.parse().with_context(|| format!("host range `{name}`"))?,
         b.parse().with_context(|| format!("host range `{name}`"))?,
     );
+    if a > b {
+        bail!("host range `{name}`: the start is after the end");
+    }
+    // A cluster's worth; a typo's million hosts is refused, not allocated.
+    if b - a >= MAX_RANGE {
+        bail!("host range `{name}`: more than {MAX_RANGE} hosts");
+    }
     Ok((a..=b).map(|i| format!("{pre}{i:0width$}{post}")).collect())
 }
+
+const MAX_RANGE: u32 = 4096;
 
 /// Parse a YAML inventory: `all:` (or top-level groups) with `hosts`,
 /// `children` and `vars` at every level.
@@ -292,6 +305,17 @@ fn yaml_group(inv: &mut Inventory, group: &str, node: Value, file: &Path) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_ranges_expand_or_are_refused() {
+        assert_eq!(expand_range("z[1:3]").unwrap(), ["z1", "z2", "z3"]);
+        assert_eq!(expand_range("p[01:02]").unwrap(), ["p01", "p02"]);
+        // A `]` before the `[` (found by the hostile-input test) is text.
+        assert_eq!(expand_range("a]b[1:2]").unwrap(), ["a]b1", "a]b2"]);
+        assert_eq!(expand_range("a]b").unwrap(), ["a]b"]);
+        assert!(expand_range("z[3:1]").is_err());
+        assert!(expand_range("z[0:4000000000]").is_err());
+    }
 
     #[test]
     fn ini_sections_children_vars_and_ranges() {
